@@ -1,0 +1,69 @@
+# Homing: `make run` starts a development server, `make test` runs every gate and test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= var
+DEV_DOMAIN ?= example.test
+DEV_USER ?= demo@$(DEV_DOMAIN)
+# Debian packages the test suite drives as real clients.
+DEBIAN_TEST_PACKAGES := swaks
+
+.PHONY: run test venv deps-debian lint typecheck contracts pytest bench clean
+
+$(BIN)/python:
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "python3 -m venv failed; installing Debian's python3-venv" >&2; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+	  else sudo apt-get install -y python3-venv; fi; \
+	  $(PYTHON) -m venv $(VENV); }
+	@$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	@$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+deps-debian:
+	@missing=""; for p in $(DEBIAN_TEST_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (tests that need them are skipped; CI installs them)"; fi; fi
+
+run: venv
+	@if [ ! -f $(DATA)/homing.toml ]; then \
+	  $(BIN)/homing init --data $(DATA) --domain $(DEV_DOMAIN) --hostname localhost --dev >/dev/null; fi
+	@if ! $(BIN)/homing --config $(DATA)/homing.toml account list | grep -q "^$(DEV_USER)"; then \
+	  pw=$$($(BIN)/homing --config $(DATA)/homing.toml account add $(DEV_USER) | sed -n 's/^Password: //p'); \
+	else pw=$$(LC_ALL=C tr -dc 'A-Za-z0-9' </dev/urandom | head -c 20); \
+	  echo "$$pw" | $(BIN)/homing --config $(DATA)/homing.toml account passwd $(DEV_USER) --password-stdin >/dev/null; fi; \
+	echo; echo "Homing development server (data in ./$(DATA))"; \
+	echo "  account:  $(DEV_USER)   password: $$pw   (new each 'make run')"; \
+	echo "  SMTP:     127.0.0.1:2525    try: swaks --server 127.0.0.1:2525 --to $(DEV_USER) --from you@elsewhere.test"; \
+	echo "  read it:  $(BIN)/homing --config $(DATA)/homing.toml mailbox list $(DEV_USER)"; \
+	echo "            $(BIN)/homing --config $(DATA)/homing.toml message show $(DEV_USER) INBOX 1"; \
+	echo "  stop:     Ctrl-C"; echo
+	@exec $(BIN)/homing --config $(DATA)/homing.toml serve
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+contracts: venv
+	$(BIN)/lint-imports
+
+pytest: venv deps-debian
+	$(BIN)/pytest -n 2 -q
+
+test: lint typecheck contracts pytest
+
+bench: venv
+	$(BIN)/python bench/smtp_accept.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,193 @@
+"""Composition root: builds store, router and listeners from the config; signals; shutdown.
+
+`serve(config)` is what `homing serve` runs. `App` is also used in-process by tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+
+from homing.clock import Clock, SystemClock
+from homing.config.model import Config
+from homing.net.listener import Listeners, ServiceSpec
+from homing.net.stream import Stream
+from homing.net.tls import TLSContexts
+from homing.proto.smtp import codes
+from homing.proto.smtp import server as smtp_core
+from homing.router import Router
+from homing.smtpd.session import SessionRegistry, SMTPSession, Timeouts
+from homing.store import Store
+
+log = logging.getLogger("homing")
+
+#: Seconds an SMTP transaction in progress may take to finish after SIGTERM.
+SHUTDOWN_GRACE = 30.0
+
+
+def setup_logging(level: str) -> None:
+    """One line per event on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger("homing")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+class App:
+    """One running Homing instance."""
+
+    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.store = Store.open(config.db_path, create=True, clock=self.clock)
+        for domain in config.domains:
+            if not self.store.has_domain(domain):
+                self.store.add_domain(domain)
+        self.tls = self._load_tls()
+        self.router = Router(self.store, config, self.clock)
+        self.smtp_sessions = SessionRegistry()
+        self.listeners = Listeners(
+            self.tls,
+            max_connections=config.limits.connections,
+            logger=logging.getLogger("homing.net"),
+        )
+        self.stopped = asyncio.Event()
+
+    def _load_tls(self) -> TLSContexts | None:
+        cert, key = self.config.tls.cert, self.config.tls.key
+        if not cert.exists() or not key.exists():
+            log.warning("no TLS certificate at %s: STARTTLS and implicit TLS are off", cert)
+            return None
+        return TLSContexts(cert, key)
+
+    # ------------------------------------------------------------------------- services
+
+    def smtp_settings(self) -> smtp_core.Settings:
+        limits = self.config.limits
+        return smtp_core.Settings(
+            hostname=self.config.hostname,
+            banner=self.config.smtp.banner,
+            max_message_size=limits.message_size,
+            max_recipients=limits.recipients,
+            max_command_line=limits.command_line,
+            max_text_line=limits.text_line,
+            max_errors=limits.max_errors,
+            starttls=self.tls is not None,
+        )
+
+    async def _smtp_handler(self, stream: Stream) -> None:
+        limits = self.config.limits
+        session = SMTPSession(
+            stream,
+            settings=self.smtp_settings(),
+            router=self.router,
+            tls=self.tls,
+            timeouts=Timeouts(
+                limits.command_timeout, limits.data_timeout, self.config.smtp.greet_pause
+            ),
+            registry=self.smtp_sessions,
+        )
+        await session.run()
+
+    def services(self) -> list[ServiceSpec]:
+        listen = self.config.listen
+        specs = []
+        if listen.smtp:
+            specs.append(
+                ServiceSpec(
+                    name="smtp",
+                    addresses=listen.smtp,
+                    handler=self._smtp_handler,
+                    per_ip_limit=self.config.limits.connections_per_ip,
+                    over_limit=codes.TOO_MANY_CONNECTIONS.to_bytes(),
+                )
+            )
+        for name in ("submission", "submissions", "imap", "imaps", "pop3", "pop3s"):
+            if listen.for_service(name):
+                log.warning("%s is configured but not implemented yet; not listening", name)
+        return specs
+
+    async def start(self) -> None:
+        await self.listeners.start(self.services())
+        bound = self.listeners.bound()
+        for service, addrs in bound.items():
+            for host, port in addrs:
+                log.info("listening service=%s address=%s:%d", service, host, port)
+        self._write_run_file(bound)
+
+    def _write_run_file(self, bound: dict[str, list[tuple[str, int]]]) -> None:
+        """run/listeners.json: the real addresses (port 0 resolved), for scripts and tests."""
+        run = self.config.run_dir
+        run.mkdir(parents=True, exist_ok=True)
+        tmp = run / "listeners.json.tmp"
+        tmp.write_text(json.dumps({"pid": os.getpid(), "listeners": bound}))
+        tmp.replace(run / "listeners.json")
+
+    async def stop(self) -> None:
+        log.info("shutting down")
+        self.smtp_sessions.drain()
+        await self.listeners.stop(grace=SHUTDOWN_GRACE)
+        self.store.close()
+        with contextlib.suppress(FileNotFoundError):
+            (self.config.run_dir / "listeners.json").unlink()
+        self.stopped.set()
+
+    def reload(self) -> None:
+        """SIGHUP: certificates again (accounts are read live from the store)."""
+        if self.tls is not None:
+            try:
+                self.tls.reload()
+                log.info("reloaded TLS certificate")
+            except Exception as err:
+                log.error("TLS reload failed, keeping the old certificate: %s", err)
+        else:
+            self.tls = self._load_tls()
+
+
+async def run_until_signalled(app: App) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload)
+    await app.start()
+    log.info("homing ready pid=%d", os.getpid())
+    await stop.wait()
+    await app.stop()
+
+
+def install_uvloop() -> bool:
+    """Use uvloop when installed (faster event loop); plain asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+def serve(config: Config) -> int:
+    """Run every configured listener in the foreground until SIGTERM/SIGINT."""
+    setup_logging(config.log.level)
+    fast = install_uvloop()
+    log.info(
+        "starting homing hostname=%s data=%s uvloop=%s", config.hostname, config.data_dir, fast
+    )
+
+    async def main() -> None:
+        app = App(config)
+        await run_until_signalled(app)
+
+    try:
+        asyncio.run(main())
+    except OSError as err:
+        log.error("cannot start: %s", err)
+        return 1
+    return 0

@@ -1,0 +1,144 @@
+"""The configuration model: frozen dataclasses, one docstring per field.
+
+Built once by `config.load` from the TOML file, validated there, and passed in to
+every component that needs it (never a global). Sizes are bytes, durations seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES = ("smtp", "submission", "submissions", "imap", "imaps", "pop3", "pop3s")
+
+#: Services whose listeners speak TLS from the first byte (RFC 8314).
+IMPLICIT_TLS_SERVICES = frozenset({"submissions", "imaps", "pop3s"})
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """One "host:port" listening address. Port 0 asks the OS for a free port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ListenConfig:
+    """`[listen]`: the addresses of each service; an empty list turns the service off."""
+
+    smtp: tuple[ListenAddress, ...] = ()
+    """Port 25: mail from the Internet for local domains (no relay, no AUTH)."""
+    submission: tuple[ListenAddress, ...] = ()
+    """Port 587: mail from users' clients, STARTTLS then AUTH (RFC 6409)."""
+    submissions: tuple[ListenAddress, ...] = ()
+    """Port 465: submission over implicit TLS (RFC 8314)."""
+    imap: tuple[ListenAddress, ...] = ()
+    """Port 143: IMAP with STARTTLS."""
+    imaps: tuple[ListenAddress, ...] = ()
+    """Port 993: IMAP over implicit TLS."""
+    pop3: tuple[ListenAddress, ...] = ()
+    """Port 110: POP3 with STLS."""
+    pop3s: tuple[ListenAddress, ...] = ()
+    """Port 995: POP3 over implicit TLS."""
+
+    def for_service(self, service: str) -> tuple[ListenAddress, ...]:
+        value: tuple[ListenAddress, ...] = getattr(self, service)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """`[tls]`: the certificate chain and key every TLS listener presents."""
+
+    cert: Path
+    """PEM certificate chain (leaf first). Relative paths are relative to the data directory."""
+    key: Path
+    """PEM private key for `cert`."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """`[limits]`: resource limits on every connection."""
+
+    message_size: int = 50 * 1024 * 1024
+    """Largest message accepted, in bytes, advertised as SIZE (RFC 1870). 50 MiB."""
+    recipients: int = 1000
+    """Recipients per message; more get 452 4.5.3 (RFC 5321 §4.5.3.1.8 asks for at least 100)."""
+    command_line: int = 512
+    """Longest SMTP command line including CRLF (RFC 5321 §4.5.3.1.4); longer gets 500 5.5.2."""
+    text_line: int = 65536
+    """Longest line inside a message. RFC 5321 §4.5.3.1.6 says 1000, but real mail breaks it often,
+    so the default only stops abuse; longer lines make the message fail with 552 5.3.4."""
+    connections_per_ip: int = 20
+    """Simultaneous connections from one IP address, per service; more get 421 4.7.0."""
+    connections: int = 2000
+    """Simultaneous connections in all; more are refused with 421 4.7.0."""
+    command_timeout: float = 300.0
+    """Seconds to wait for a complete command line (RFC 5321 §4.5.3.2.7: 5 minutes)."""
+    data_timeout: float = 300.0
+    """Seconds without any message data before the session is dropped with 421 4.4.2."""
+    max_errors: int = 20
+    """Protocol errors and unknown commands in one session before 421 4.7.0 and disconnect."""
+
+
+@dataclass(frozen=True, slots=True)
+class SMTPConfig:
+    """`[smtp]`: behaviour of the receiving SMTP server (port 25)."""
+
+    greet_pause: float = 0.0
+    """Seconds to wait before the greeting; a client that talks first is dropped with 554 5.5.0.
+    0 still catches bytes that are already waiting when the greeting is sent."""
+    max_received_headers: int = 50
+    """More Received headers than this is a loop (RFC 5321 §6.3): 554 5.4.0."""
+    banner: str = "ESMTP Homing"
+    """Text after the hostname in the 220 greeting."""
+
+
+@dataclass(frozen=True, slots=True)
+class DNSConfig:
+    """`[dns]`: how Homing resolves names (MX, A/AAAA)."""
+
+    nameservers: tuple[ListenAddress, ...] = ()
+    """"host:port" of DNS servers to ask instead of the system resolver (/etc/resolv.conf)."""
+    timeout: float = 5.0
+    """Seconds before one DNS query is abandoned (the lookup is then deferred, never guessed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """`[log]`: what goes to standard error."""
+
+    level: str = "info"
+    """One of debug, info, warning, error."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration of one Homing instance."""
+
+    hostname: str
+    """This server's name: greeting, EHLO reply, Received headers. Must resolve to it for others."""
+    data_dir: Path
+    """Where the store (homing.db), certificates and run files live."""
+    tls: TLSConfig
+    domains: tuple[str, ...] = ()
+    """Local domains, always served (more can be added at run time with `homing domain add`)."""
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    dns: DNSConfig = field(default_factory=DNSConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    config_path: Path | None = None
+    """The file this was loaded from, if any (not a TOML key)."""
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "homing.db"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"

@@ -1,0 +1,214 @@
+"""Where each recipient goes, and local delivery (the MDA).
+
+Resolution order for an address in a local domain (first match wins):
+  1. an account with that exact address;
+  2. an alias with that exact address (expanded recursively, cycles and depth bounded);
+  3. plus-addressing: `user+tag@domain` tried as `user@domain` (1 and 2);
+  4. `postmaster@domain` (RFC 5321 §4.5.1 requires it): the domain's oldest account;
+  5. the domain's catch-all alias `@domain`.
+Anything else in a local domain is unknown (550 5.1.1); other domains are remote.
+
+Delivery prepends Return-Path, Delivered-To and Received to each copy, refuses loops
+(RFC 5321 §6.3), parses the message once (mail.mime) and hands all copies to the store in one
+group-committed transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from homing.clock import Clock
+from homing.config.model import Config
+from homing.mail import trace
+from homing.mail.address import AddressError, Mailbox, parse_mailbox
+from homing.mail.mime import parse_message
+from homing.mail.reply import Reply
+from homing.proto.smtp import codes
+from homing.store import Account, NewMessage, Store, StoredMessage
+
+_MAX_ALIAS_DEPTH = 10
+_MAX_EXPANSION = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """Where one envelope recipient goes. `reply` is the RCPT verdict for it."""
+
+    reply: Reply
+    accounts: tuple[Account, ...] = ()
+    remote: tuple[str, ...] = ()
+
+    @property
+    def accepted(self) -> bool:
+        return self.reply.is_positive
+
+
+@dataclass(slots=True)
+class Envelope:
+    """An accepted message's envelope, as the MDA needs it."""
+
+    mail_from: str  # "" for the null reverse-path
+    rcpts: list[tuple[str, Resolution]] = field(default_factory=list)
+
+
+class Router:
+    """Routes recipients and delivers locally. One per process, shared by every session."""
+
+    def __init__(self, store: Store, config: Config, clock: Clock) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self._config_domains = frozenset(d.lower() for d in config.domains)
+        # Remote alias targets need the outbound queue (a later component). Until it exists, an
+        # alias with only remote targets is answered 450, so nothing is accepted and then lost.
+        self.forwarding = False
+
+    # -------------------------------------------------------------------------- routing
+
+    def is_local_domain(self, domain: str) -> bool:
+        domain = domain.lower().rstrip(".")
+        return domain in self._config_domains or self.store.has_domain(domain)
+
+    def resolve(self, mailbox: Mailbox) -> Resolution:
+        """The verdict for one RCPT: local accounts, remote targets, unknown or relay denied."""
+        if not mailbox.domain:
+            return self._postmaster_anywhere(mailbox)
+        if not self.is_local_domain(mailbox.domain):
+            return Resolution(codes.RELAY_DENIED)
+        accounts: dict[int, Account] = {}
+        remote: list[str] = []
+        if not self._expand(mailbox, accounts, remote, depth=0, seen=set()):
+            return Resolution(codes.USER_UNKNOWN)
+        if any(a.disabled for a in accounts.values()) and not any(
+            not a.disabled for a in accounts.values()
+        ):
+            return Resolution(codes.MAILBOX_DISABLED)
+        if remote and not self.forwarding:
+            if not accounts:
+                return Resolution(codes.TEMP_RECIPIENT.with_text("Forwarding is not available yet"))
+            remote = []
+        live = tuple(a for a in accounts.values() if not a.disabled)
+        return Resolution(codes.RECIPIENT_OK, live, tuple(remote))
+
+    def _postmaster_anywhere(self, mailbox: Mailbox) -> Resolution:
+        # RFC 5321 §4.1.1.3: "RCPT TO:<Postmaster>" without a domain must be accepted.
+        if mailbox.local.lower() != "postmaster":
+            return Resolution(codes.ADDRESS_SYNTAX)
+        for domain in [*self._config_domains, *self.store.list_domains()]:
+            res = self.resolve(Mailbox("postmaster", domain))
+            if res.accepted:
+                return res
+        return Resolution(codes.USER_UNKNOWN)
+
+    def _expand(
+        self,
+        mailbox: Mailbox,
+        accounts: dict[int, Account],
+        remote: list[str],
+        *,
+        depth: int,
+        seen: set[str],
+    ) -> bool:
+        """Add where `mailbox` goes to `accounts`/`remote`; False if it goes nowhere."""
+        key = mailbox.key()
+        if key in seen or depth > _MAX_ALIAS_DEPTH or len(seen) > _MAX_EXPANSION:
+            return key in seen  # a cycle back to an address already handled is not a failure
+        seen.add(key)
+        if not self.is_local_domain(mailbox.domain):
+            remote.append(str(mailbox))
+            return True
+        for candidate in self._candidates(mailbox):
+            account = self.store.get_account(candidate)
+            if account is not None:
+                accounts[account.id] = account
+                return True
+            targets = self.store.alias_targets(candidate)
+            if targets:
+                return self._expand_targets(targets, accounts, remote, depth=depth, seen=seen)
+        if mailbox.local.lower() == "postmaster":
+            first = self.store.list_accounts(mailbox.domain)
+            if first:
+                oldest = min(first, key=lambda a: (a.created, a.id))
+                accounts[oldest.id] = oldest
+                return True
+        catch_all = self.store.alias_targets("@" + mailbox.domain)
+        if catch_all:
+            return self._expand_targets(catch_all, accounts, remote, depth=depth, seen=seen)
+        return False
+
+    def _expand_targets(
+        self,
+        targets: Sequence[str],
+        accounts: dict[int, Account],
+        remote: list[str],
+        *,
+        depth: int,
+        seen: set[str],
+    ) -> bool:
+        found = False
+        for target in targets:
+            try:
+                mailbox = parse_mailbox(target)
+            except AddressError:
+                continue
+            found |= self._expand(mailbox, accounts, remote, depth=depth + 1, seen=seen)
+        return found
+
+    @staticmethod
+    def _candidates(mailbox: Mailbox) -> list[str]:
+        """The exact address, then without a +tag (plus-addressing)."""
+        key = mailbox.key()
+        local = mailbox.local
+        if "+" in local and not local.startswith("+"):
+            base = local.split("+", 1)[0]
+            return [key, Mailbox(base, mailbox.domain).key()]
+        return [key]
+
+    # -------------------------------------------------------------------------- delivery
+
+    def loop_check(self, message: bytes, envelope: Envelope) -> Reply | None:
+        """RFC 5321 §6.3: too many Received fields, or our own Delivered-To for a recipient."""
+        headers = trace.header_section(message)
+        if trace.count_received(headers) > self.config.smtp.max_received_headers:
+            return codes.LOOP_DETECTED.with_text("Too many Received headers: mail loop")
+        seen = trace.delivered_to(headers)
+        if seen:
+            for _, res in envelope.rcpts:
+                for account in res.accounts:
+                    if account.address.lower() in seen:
+                        return codes.LOOP_DETECTED.with_text(
+                            f"Mail loop: already delivered to {account.address}"
+                        )
+        return None
+
+    def deliver_local(
+        self, message: bytes, envelope: Envelope, info: trace.TraceInfo
+    ) -> Future[list[StoredMessage]]:
+        """Queue one copy per local account for a group commit; the future resolves after fsync."""
+        parsed = parse_message(message)
+        now = self.clock.now()
+        copies: list[NewMessage] = []
+        done: set[int] = set()
+        for rcpt, res in envelope.rcpts:
+            for account in res.accounts:
+                if account.id in done:
+                    continue  # one copy per account, however many aliases led there
+                done.add(account.id)
+                prefix = (
+                    trace.return_path(envelope.mail_from)
+                    + trace.delivered_to_header(account.address)
+                    + trace.received(info, rcpt, now)
+                )
+                copies.append(
+                    NewMessage(
+                        account_id=account.id,
+                        mailbox="INBOX",
+                        prefix=prefix,
+                        body=message,
+                        parsed=parsed,
+                        internaldate=now,
+                    )
+                )
+        return self.store.deliver(copies)

@@ -1,0 +1,260 @@
+"""Runs the sans-I/O SMTP server core over a net Stream: reads, timers, TLS, policy, delivery.
+
+This module only pumps bytes and awaits; every protocol decision is in proto.smtp.server and
+every routing decision in the policy / router.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from homing.mail import trace
+from homing.mail.reply import Reply
+from homing.net.stream import Stream
+from homing.net.tls import TLSContexts
+from homing.proto.smtp import codes
+from homing.proto.smtp import server as core
+from homing.router import Envelope, Resolution, Router
+from homing.store import StoreError
+
+log = logging.getLogger("homing.smtp")
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    command: float
+    data: float
+    greet_pause: float = 0.0
+
+
+class SessionRegistry:
+    """The live sessions of a process, so shutdown can reach the idle ones at once."""
+
+    def __init__(self) -> None:
+        self.sessions: set[SMTPSession] = set()
+        self.draining = False
+
+    def drain(self) -> None:
+        """Idle sessions get 421 4.3.2 now; sessions inside a message finish it first."""
+        self.draining = True
+        for session in list(self.sessions):
+            session.interrupt_if_idle()
+
+
+class SMTPSession:
+    """One SMTP connection on port 25 (receive for local domains)."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        *,
+        settings: core.Settings,
+        router: Router,
+        tls: TLSContexts | None,
+        timeouts: Timeouts,
+        registry: SessionRegistry,
+    ) -> None:
+        self.stream = stream
+        self.conn = core.ServerConnection(settings)
+        self.router = router
+        self.tls = tls
+        self.timeouts = timeouts
+        self.registry = registry
+        self.resolved: dict[str, Resolution] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._reading = False
+        self._interrupted = False
+        self._log_prefix = f"{stream.conn_id} {stream.service}"
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    async def run(self) -> None:
+        self._task = asyncio.current_task()
+        self.registry.sessions.add(self)
+        try:
+            await self._greet()
+            await self._loop()
+        finally:
+            self.registry.sessions.discard(self)
+            if not self.stream.closing:
+                await self.stream.close()
+
+    def interrupt_if_idle(self) -> None:
+        """Called on shutdown: wake a session that is waiting for a command."""
+        if self._reading and not self.conn.in_message and self._task is not None:
+            self._interrupted = True
+            self._task.cancel()
+
+    async def _greet(self) -> None:
+        conn = self.conn
+        if self.registry.draining:
+            conn.start(codes.SHUTTING_DOWN)
+            return
+        pause = self.timeouts.greet_pause
+        if pause > 0:
+            try:
+                data = await self.stream.read(timeout=pause)
+                conn.receive_data(data or b"")
+            except TimeoutError:
+                pass
+        elif self.stream.buffered():
+            conn.receive_data(await self.stream.read())
+        conn.start()
+
+    async def _loop(self) -> None:
+        conn = self.conn
+        deadline_progress = -1
+        deadline = 0.0
+        while True:
+            event = conn.next_event()
+            if event is core.NEED_DATA:
+                await self._flush()
+                if conn.progress != deadline_progress or conn.reading_data:
+                    deadline_progress = conn.progress
+                    limit = self.timeouts.data if conn.reading_data else self.timeouts.command
+                    deadline = time.monotonic() + limit
+                data = await self._read(deadline)
+                if data is None:
+                    continue
+                conn.receive_data(data)
+            elif isinstance(event, core.MailFrom):
+                conn.respond(self.on_mail(event))
+            elif isinstance(event, core.RcptTo):
+                conn.respond(self.on_rcpt(event))
+            elif isinstance(event, core.MessageReceived):
+                conn.respond(await self.on_message(event))
+                if self.registry.draining:
+                    conn.shutdown()
+            elif isinstance(event, core.StartTLS):
+                await self._flush()
+                if not await self._start_tls():
+                    return
+            elif isinstance(event, core.Helo):
+                log.debug("%s helo=%s", self._log_prefix, event.name)
+            elif isinstance(event, core.Closed):
+                await self._flush()
+                log.info(
+                    "%s close reason=%r messages=%d", self._log_prefix, event.reason, conn.messages
+                )
+                return
+
+    async def _read(self, deadline: float) -> bytes | None:
+        """Bytes from the peer; None when the core has been told of a timeout or shutdown."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            self.conn.timed_out()
+            return None
+        self._reading = True
+        try:
+            return await self.stream.read(timeout=remaining)
+        except TimeoutError:
+            self.conn.timed_out()
+            return None
+        except asyncio.CancelledError:
+            if not self._interrupted:
+                raise
+            self._interrupted = False
+            self.conn.shutdown()
+            return None
+        except (ConnectionError, OSError):
+            return b""
+        finally:
+            self._reading = False
+
+    async def _flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out:
+            try:
+                await self.stream.write(out)
+            except (ConnectionError, OSError):
+                self.conn.receive_data(b"")
+
+    async def _start_tls(self) -> bool:
+        assert self.tls is not None
+        try:
+            await self.stream.start_tls(self.tls.server_context())
+        except (ConnectionError, OSError, TimeoutError) as err:
+            log.info("%s starttls failed: %s", self._log_prefix, err)
+            return False
+        self.conn.tls_established()
+        log.debug("%s tls %s", self._log_prefix, self.stream.tls)
+        return True
+
+    # ------------------------------------------------------------------------- policy
+
+    def on_mail(self, event: core.MailFrom) -> Reply:
+        self.resolved.clear()
+        log.debug("%s mail from=%s", self._log_prefix, event.args.path)
+        return codes.SENDER_OK
+
+    def on_rcpt(self, event: core.RcptTo) -> Reply:
+        mailbox = event.args.path.mailbox
+        if mailbox is None:
+            return codes.ADDRESS_SYNTAX
+        try:
+            res = self.router.resolve(mailbox)
+        except StoreError as err:
+            log.error("%s store error in RCPT: %s", self._log_prefix, err)
+            return codes.STORE_UNAVAILABLE
+        if res.accepted:
+            self.resolved[str(event.args.path)] = res
+        log.info("%s rcpt to=%s result=%d", self._log_prefix, mailbox, res.reply.code)
+        return res.reply
+
+    async def on_message(self, event: core.MessageReceived) -> Reply:
+        queue_id = trace.new_queue_id()
+        mailbox = event.mail.path.mailbox
+        envelope = Envelope(mail_from="" if mailbox is None else str(mailbox))
+        for rcpt in event.rcpts:
+            res = self.resolved.get(str(rcpt.path))
+            if res is None and rcpt.path.mailbox is not None:
+                res = self.router.resolve(rcpt.path.mailbox)
+            if res is not None and res.accepted:
+                envelope.rcpts.append((str(rcpt.path.mailbox), res))
+        self.resolved.clear()
+        loop_reply = self.router.loop_check(event.data, envelope)
+        if loop_reply is not None:
+            log.info("%s id=%s rejected loop", self._log_prefix, queue_id)
+            return loop_reply
+        info = trace.TraceInfo(
+            helo=self.conn.helo or "unknown",
+            client_ip=self.stream.peer[0],
+            hostname=self.conn.settings.hostname,
+            queue_id=queue_id,
+            protocol=trace.with_protocol(
+                extended=self.conn.extended,
+                tls=self.conn.tls,
+                auth=False,
+                utf8=event.mail.smtputf8,
+            ),
+            tls=self._tls_text(),
+        )
+        try:
+            stored = await asyncio.wrap_future(
+                self.router.deliver_local(event.data, envelope, info)
+            )
+        except StoreError as err:
+            log.error("%s id=%s store error: %s", self._log_prefix, queue_id, err)
+            return codes.STORE_UNAVAILABLE
+        except Exception:
+            log.exception("%s id=%s delivery failed", self._log_prefix, queue_id)
+            return codes.LOCAL_ERROR
+        log.info(
+            "%s id=%s from=<%s> size=%d rcpts=%d copies=%d result=250",
+            self._log_prefix,
+            queue_id,
+            envelope.mail_from,
+            len(event.data),
+            len(envelope.rcpts),
+            len(stored),
+        )
+        return codes.MESSAGE_ACCEPTED.with_text(f"OK: queued as {queue_id}")
+
+    def _tls_text(self) -> str | None:
+        info = self.stream.tls
+        if info is None:
+            return None
+        return f"version={info.version} cipher={info.cipher}"
