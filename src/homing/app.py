@@ -164,7 +164,10 @@ async def run_until_signalled(app: App) -> None:
 
 
 def install_uvloop() -> bool:
-    """Use uvloop when installed (faster event loop); plain asyncio otherwise."""
+    """Use uvloop when installed (faster event loop); plain asyncio otherwise, or when
+    HOMING_EVENT_LOOP=asyncio is set (for debugging)."""
+    if os.environ.get("HOMING_EVENT_LOOP") == "asyncio":
+        return False
     try:
         import uvloop
     except ImportError:

@@ -326,49 +326,50 @@ class ServerConnection:
         return self._dispatch(line)
 
     def _protocol_error(self, err: SMTPProtocolError) -> None:
-        self._reply(err.reply)
         if err.close:
-            self._close(str(err.reply))
+            self._fail(err.reply, str(err.reply))
+        elif self.errors + 1 >= self.settings.max_errors:
+            self.errors += 1
+            self._fail(
+                codes.TOO_MANY_ERRORS, "too many errors"
+            )  # instead of the last error's reply
         else:
-            self._count_error()
+            self._reply(err.reply)
+            self.errors += 1
 
     def _next_line(self) -> bytes | None:
         """Take one CRLF-terminated command line off the buffer, or None if there is none yet."""
         buf = self._buf
         limit = self.settings.max_command_line
-        if self._discarding:
-            lf = buf.find(b"\n")
-            if lf < 0:
-                self._discarding += len(buf)
-                buf.clear()
-                if self._discarding > _MAX_DISCARD:
-                    self._fail(
-                        codes.LINE_TOO_LONG.with_text("Line too long, closing connection"),
-                        "endless line",
-                    )
-                return None
-            del buf[: lf + 1]
-            self._discarding = 0
-            return None
-        lf = buf.find(b"\n", 0, limit)
-        if lf < 0:
-            if len(buf) >= limit:
-                # RFC 5321 §4.5.3.1.4: 512 octets with CRLF. Answer now, drop the rest of the line.
-                self._reply(codes.LINE_TOO_LONG)
-                self._count_error()
-                lf = buf.find(b"\n", limit)
-                if lf >= 0:
-                    del buf[: lf + 1]
-                else:
-                    self._discarding = len(buf)
+        while self.state is not State.CLOSED:
+            if self._discarding:
+                lf = buf.find(b"\n")
+                if lf < 0:
+                    self._discarding += len(buf)
                     buf.clear()
-            return None
-        line = bytes(buf[:lf])
-        del buf[: lf + 1]
-        if not line.endswith(b"\r") or b"\r" in line[:-1]:
-            # RFC 5321 §2.3.8: lines end with CRLF only; a bare CR or LF is never a line end.
-            raise SMTPProtocolError(codes.BARE_LINE_ENDING)
-        return line[:-1]
+                    if self._discarding > _MAX_DISCARD:
+                        self._fail(
+                            codes.LINE_TOO_LONG.with_text("Line too long, closing"), "endless line"
+                        )
+                    return None
+                del buf[: lf + 1]
+                self._discarding = 0
+                continue  # the rest of the buffer may hold pipelined commands
+            lf = buf.find(b"\n", 0, limit)
+            if lf >= 0:
+                line = bytes(buf[:lf])
+                del buf[: lf + 1]
+                if not line.endswith(b"\r") or b"\r" in line[:-1]:
+                    # RFC 5321 §2.3.8: lines end with CRLF only; a bare CR or LF ends none.
+                    raise SMTPProtocolError(codes.BARE_LINE_ENDING)
+                return line[:-1]
+            if len(buf) < limit:
+                return None
+            # RFC 5321 §4.5.3.1.4: 512 octets with CRLF. Answer now, drop the rest of the line.
+            self._reply(codes.LINE_TOO_LONG)
+            self._count_error()
+            self._discarding = 1
+        return None
 
     def _dispatch(self, line: bytes) -> Event | None:
         cmd = parse_command(line)

@@ -1,0 +1,53 @@
+"""Configuration: the immutable model (`model`) and the TOML loader (`load`)."""
+
+from homing.config.load import (
+    ConfigError,
+    config_path_from,
+    format_duration,
+    format_size,
+    known_keys,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_listen_address,
+    parse_local_domain,
+    parse_size,
+    render_config,
+)
+from homing.config.model import (
+    IMPLICIT_TLS_SERVICES,
+    SERVICES,
+    Config,
+    DNSConfig,
+    LimitsConfig,
+    ListenAddress,
+    ListenConfig,
+    LogConfig,
+    SMTPConfig,
+    TLSConfig,
+)
+
+__all__ = [
+    "IMPLICIT_TLS_SERVICES",
+    "SERVICES",
+    "Config",
+    "ConfigError",
+    "DNSConfig",
+    "LimitsConfig",
+    "ListenAddress",
+    "ListenConfig",
+    "LogConfig",
+    "SMTPConfig",
+    "TLSConfig",
+    "config_path_from",
+    "format_duration",
+    "format_size",
+    "known_keys",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "parse_listen_address",
+    "parse_local_domain",
+    "parse_size",
+    "render_config",
+]
