@@ -67,6 +67,8 @@ def start_homing(base: Path) -> tuple[subprocess.Popen[bytes], tuple[str, int]]:
         key = line.split("=", 1)[0].strip()
         if key in doc.get("listen", {}) and "=" in line:
             line = f'{key} = ["127.0.0.1:0"]' if key == "smtp" else f"{key} = []"
+        if key == "connections_per_ip":
+            line = "connections_per_ip = 1000"  # every bench connection comes from 127.0.0.1
         lines.append(line)
     config.write_text("\n".join(lines) + "\n")
     subprocess.run(
