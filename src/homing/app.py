@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 
 from homing.clock import Clock, SystemClock
 from homing.config.model import Config
@@ -163,25 +164,28 @@ async def run_until_signalled(app: App) -> None:
     await app.stop()
 
 
-def install_uvloop() -> bool:
-    """Use uvloop when installed (faster event loop); plain asyncio otherwise, or when
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when installed (faster); plain asyncio otherwise, or when
     HOMING_EVENT_LOOP=asyncio is set (for debugging)."""
     if os.environ.get("HOMING_EVENT_LOOP") == "asyncio":
-        return False
+        return None
     try:
         import uvloop
     except ImportError:
-        return False
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def serve(config: Config) -> int:
     """Run every configured listener in the foreground until SIGTERM/SIGINT."""
     setup_logging(config.log.level)
-    fast = install_uvloop()
+    factory = loop_factory()
     log.info(
-        "starting homing hostname=%s data=%s uvloop=%s", config.hostname, config.data_dir, fast
+        "starting homing hostname=%s data=%s uvloop=%s",
+        config.hostname,
+        config.data_dir,
+        factory is not None,
     )
 
     async def main() -> None:
@@ -189,7 +193,8 @@ def serve(config: Config) -> int:
         await run_until_signalled(app)
 
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main())
     except OSError as err:
         log.error("cannot start: %s", err)
         return 1
