@@ -36,7 +36,7 @@ run: venv
 	@if [ ! -f $(DATA)/homing.toml ]; then \
 	  $(BIN)/homing init --data $(DATA) --domain $(DEV_DOMAIN) --hostname localhost --dev >/dev/null; fi
 	@if ! $(BIN)/homing --config $(DATA)/homing.toml account list | grep -q "^$(DEV_USER)"; then \
-	  pw=$$($(BIN)/homing --config $(DATA)/homing.toml account add $(DEV_USER) | sed -n 's/^Password: //p'); \
+	  pw=$$($(BIN)/homing --config $(DATA)/homing.toml account add $(DEV_USER) | sed -n 's/^Password for .*: //p'); \
 	else pw=$$(LC_ALL=C tr -dc 'A-Za-z0-9' </dev/urandom | head -c 20); \
 	  echo "$$pw" | $(BIN)/homing --config $(DATA)/homing.toml account passwd $(DEV_USER) --password-stdin >/dev/null; fi; \
 	echo; echo "Homing development server (data in ./$(DATA))"; \

@@ -14,11 +14,14 @@ import signal
 import sys
 from collections.abc import Callable
 
+from homing.auth import Authenticator, FailureLimiter
 from homing.clock import Clock, SystemClock
 from homing.config.model import Config
 from homing.net.listener import Listeners, ServiceSpec
 from homing.net.stream import Stream
 from homing.net.tls import TLSContexts
+from homing.pop3d import session as pop3d
+from homing.proto.pop3 import codes as pop3_codes
 from homing.proto.smtp import codes
 from homing.proto.smtp import server as smtp_core
 from homing.router import Router
@@ -54,6 +57,19 @@ class App:
         self.tls = self._load_tls()
         self.router = Router(self.store, config, self.clock)
         self.smtp_sessions = SessionRegistry()
+        auth = config.auth
+        self.auth = Authenticator(
+            self.store,
+            FailureLimiter(
+                per_ip_limit=auth.failures_per_ip,
+                delay=auth.failure_delay,
+                max_delay=10 * auth.failure_delay,
+                lockout=auth.lockout,
+            ),
+            clock=self.clock,
+        )
+        self.pop3_sessions = pop3d.SessionRegistry()
+        self.maildrops = pop3d.Maildrops()
         self.listeners = Listeners(
             self.tls,
             max_connections=config.limits.connections,
@@ -97,6 +113,30 @@ class App:
         )
         await session.run()
 
+    async def _pop3_handler(self, stream: Stream, *, implicit_tls: bool) -> None:
+        session = pop3d.POP3Session(
+            stream,
+            settings=pop3d.settings_for(
+                stream,
+                implicit_tls=implicit_tls,
+                starttls=self.tls is not None,
+                allow_plaintext_loopback=self.config.pop3.allow_plaintext_loopback,
+            ),
+            store=self.store,
+            authenticator=self.auth,
+            tls=self.tls,
+            registry=self.pop3_sessions,
+            maildrops=self.maildrops,
+            idle_timeout=self.config.pop3.idle_timeout,
+        )
+        await session.run()
+
+    async def _pop3_plain(self, stream: Stream) -> None:
+        await self._pop3_handler(stream, implicit_tls=False)
+
+    async def _pop3_tls(self, stream: Stream) -> None:
+        await self._pop3_handler(stream, implicit_tls=True)
+
     def services(self) -> list[ServiceSpec]:
         listen = self.config.listen
         specs = []
@@ -110,18 +150,31 @@ class App:
                     over_limit=codes.TOO_MANY_CONNECTIONS.to_bytes(),
                 )
             )
-        for name in ("submission", "submissions", "imap", "imaps", "pop3", "pop3s"):
+        for name, implicit, handler in (
+            ("pop3", False, self._pop3_plain),
+            ("pop3s", True, self._pop3_tls),
+        ):
+            if listen.for_service(name):
+                specs.append(
+                    ServiceSpec(
+                        name=name,
+                        addresses=listen.for_service(name),
+                        handler=handler,
+                        implicit_tls=implicit,
+                        per_ip_limit=self.config.limits.connections_per_ip,
+                        over_limit=pop3_codes.LOGIN_TEMP_FAILURE.with_text(
+                            "Too many connections"
+                        ).to_bytes(),
+                    )
+                )
+        for name in ("submission", "submissions", "imap", "imaps"):
             if listen.for_service(name):
                 log.warning("%s is configured but not implemented yet; not listening", name)
         return specs
 
     async def start(self) -> None:
         await self.listeners.start(self.services())
-        bound = self.listeners.bound()
-        for service, addrs in bound.items():
-            for host, port in addrs:
-                log.info("listening service=%s address=%s:%d", service, host, port)
-        self._write_run_file(bound)
+        self._write_run_file(self.listeners.bound())
 
     def _write_run_file(self, bound: dict[str, list[tuple[str, int]]]) -> None:
         """run/listeners.json: the real addresses (port 0 resolved), for scripts and tests."""
@@ -134,7 +187,9 @@ class App:
     async def stop(self) -> None:
         log.info("shutting down")
         self.smtp_sessions.drain()
+        self.pop3_sessions.drain()
         await self.listeners.stop(grace=SHUTDOWN_GRACE)
+        self.auth.close()
         self.store.close()
         with contextlib.suppress(FileNotFoundError):
             (self.config.run_dir / "listeners.json").unlink()

@@ -309,3 +309,37 @@ def test_sigterm_lets_open_transaction_finish(server: Server) -> None:
     assert busy.reply().startswith(b"421 4.3.2")
     assert server.stop() == 0
     assert server.mailbox_count(ALICE) == 1
+
+
+def _starttls_certificate(server: Server) -> bytes:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with client(server) as smtp:
+        smtp.starttls(context=ctx)
+        sock = smtp.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        der = sock.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+
+def test_sighup_reloads_the_certificate(server: Server) -> None:
+    from homing.net.tls import generate_self_signed
+
+    before = _starttls_certificate(server)
+    tls_dir = server.data / "tls"
+    generate_self_signed("renewed.local.test", tls_dir / "cert.pem", tls_dir / "key.pem")
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while b"reloaded TLS certificate" not in server.log().encode() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = _starttls_certificate(server)
+    assert after != before
+    assert b"renewed.local.test" in after
+    # Accounts added while running need no reload at all.
+    server.add_account(f"carol@{DOMAIN}")
+    with client(server) as smtp:
+        smtp.send_message(simple_message("new user"), "s@remote.example", [f"carol@{DOMAIN}"])
+    assert server.mailbox_count(f"carol@{DOMAIN}") == 1

@@ -9,13 +9,13 @@ for a message whose own sender was null (RFC 3461 §6.2, RFC 5321 §6.1: no boun
 
 from __future__ import annotations
 
-import email.utils
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from homing.mail.trace import header_section
+from homing.mail.trace import rfc5322_date as _date
 
 Action = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
 
@@ -35,10 +35,6 @@ class RecipientStatus:
     diagnostic: str | None = None  # the server's reply, e.g. "550 5.1.1 No such user"
     last_attempt: float | None = None
     will_retry_until: float | None = None
-
-
-def _date(ts: float) -> str:
-    return email.utils.formatdate(ts, localtime=False)
 
 
 def _oneline(text: str) -> str:

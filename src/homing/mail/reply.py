@@ -6,7 +6,7 @@ session layer turns it into bytes exactly once (`Reply.to_bytes`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,10 @@ class Reply:
     code: int
     enhanced: str
     text: str
+    _wire: bytes = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_wire", self._format())
 
     @property
     def is_positive(self) -> bool:
@@ -42,6 +46,10 @@ class Reply:
         return parts or [""]
 
     def to_bytes(self) -> bytes:
+        """The reply as it goes on the wire (formatted once, at construction)."""
+        return self._wire
+
+    def _format(self) -> bytes:
         """RFC 5321 §4.2.1: `code-text` on every line but the last, `code text` on the last.
 
         RFC 2034 §3: with ENHANCEDSTATUSCODES every line carries the enhanced code.

@@ -6,10 +6,11 @@ Pure functions over bytes; the MDA prepends what these return to each delivered 
 from __future__ import annotations
 
 import email.utils
+import random
 import re
-import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _DELIVERED_TO = re.compile(
@@ -18,14 +19,22 @@ _DELIVERED_TO = re.compile(
 _B32 = "0123456789BCDFGHJKLMNPQRSTVWXYZ"
 
 
+_ID_RANDOM = random.Random()  # seeded from os.urandom; ids need uniqueness, not secrecy
+
+
 def new_queue_id() -> str:
     """A short, sortable, unique id for one accepted message (logs, Received `id`)."""
-    n = int(time.time() * 1000) << 20 | secrets.randbits(20)
+    n = int(time.time() * 1000) << 20 | _ID_RANDOM.getrandbits(20)
     out = []
     while n:
         n, r = divmod(n, len(_B32))
         out.append(_B32[r])
     return "".join(reversed(out))
+
+
+def rfc5322_date(ts: float) -> str:
+    """A Date in RFC 5322 §3.3 form with a real zone, "+0000" (never "-0000": that means unknown)."""
+    return email.utils.format_datetime(datetime.fromtimestamp(ts, UTC))
 
 
 def header_section(message: bytes) -> bytes:
@@ -87,7 +96,7 @@ def received(info: TraceInfo, rcpt: str | None, when: float) -> bytes:
     ]
     if info.tls:
         lines.append(f"\t({info.tls})")
-    date = email.utils.formatdate(when, localtime=False)
+    date = rfc5322_date(when)
     if rcpt is not None:
         lines.append(f"\tfor <{_clean(rcpt)}>; {date}")
     else:
