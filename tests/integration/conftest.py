@@ -19,6 +19,8 @@ import pytest
 
 HOMING = [str(Path(sys.executable).with_name("homing"))]  # the installed console script
 DOMAIN = "local.test"
+#: `make_server({"listen": POP3_LISTEN})`: POP3 (STLS) and POP3S on ephemeral ports.
+POP3_LISTEN = {"pop3": ["127.0.0.1:0"], "pop3s": ["127.0.0.1:0"]}
 
 
 def toml_dump(data: dict[str, Any]) -> str:
@@ -72,6 +74,19 @@ class Server:
     @property
     def smtp(self) -> tuple[str, int]:
         return self.address("smtp")
+
+    @property
+    def pop3(self) -> tuple[str, int]:
+        return self.address("pop3")
+
+    @property
+    def pop3s(self) -> tuple[str, int]:
+        return self.address("pop3s")
+
+    @property
+    def cert(self) -> Path:
+        """The server's (self-signed) TLS certificate, for clients that pin it."""
+        return self.data / "tls" / "cert.pem"
 
     def cli(
         self, *args: str, input: str | None = None, check: bool = True

@@ -257,6 +257,12 @@ ERRORS: list[tuple[dict[str, Any], str, str]] = [
     ({**H, "log": {"level": "loud"}}, "log.level", "debug, info, warning, error"),
     ({**H, "log": {"level": 1}}, "log.level", "must be a string"),
     ({**H, "log": {"lvl": "info"}}, "log.lvl", "unknown key"),
+    ({**H, "auth": {"failures_per_ip": 0}}, "auth.failures_per_ip", "at least 1"),
+    ({**H, "auth": {"failure_delay": "2m"}}, "auth.failure_delay", "at most 1m"),
+    ({**H, "auth": {"lockout": "-1s"}}, "auth.lockout", "such as"),
+    ({**H, "pop3": {"idle_timeout": 0}}, "pop3.idle_timeout", "positive"),
+    ({**H, "pop3": {"allow_plaintext_loopback": "yes"}}, "pop3.allow_plaintext_loopback", "true"),
+    ({**H, "pop3": {"allow_plaintext_loopback": 1}}, "pop3.allow_plaintext_loopback", "true"),
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import click
 
+from homing import auth
 from homing.cli._common import (
     HomingGroup,
     State,
@@ -26,6 +27,9 @@ from homing.cli._common import (
     pass_state,
     read_password_stdin,
 )
+
+#: How app passwords are hashed (light argon2id: they are generated, see homing.auth).
+app_password_credentials = auth.make_app_password_credentials
 
 _PASSWORD_STDIN_HELP = (
     "Read the password from the first line of standard input (the line ending is removed, "
@@ -138,3 +142,72 @@ def remove(state: State, address: str, yes: bool) -> None:
             )
         store.remove_account(address)
     click.echo(f"Removed account {address}")
+
+
+@account.group("app-password", cls=HomingGroup)
+def app_password() -> None:
+    """Extra passwords for one program each, revocable on their own.
+
+    Give each mail program (phone, laptop, another server fetching mail) its own app
+    password: it works for SMTP, IMAP and POP3 with PLAIN, LOGIN or USER/PASS (over TLS), and
+    removing it locks out that program only. SCRAM-SHA-256 uses the account password.
+    """
+
+
+@app_password.command("add")
+@click.argument("address")
+@click.argument("name")
+@pass_state
+def app_password_add(state: State, address: str, name: str) -> None:
+    """Create an app password called NAME for ADDRESS; it is printed once.
+
+    \b
+    Example:
+      homing account app-password add alice@example.org "phone"
+    """
+    config = state.config()
+    address = check_address(address)
+    password = generate_password()
+    credentials = app_password_credentials(password)
+    with open_store(config) as store:
+        if store.get_account(address) is None:
+            raise UserError(f"no account {address}")
+        store.add_app_password(address, name, credentials)
+    click.echo(f"Created app password {name} for {address}")
+    click.echo(f"App password (shown only this once): {password}")
+
+
+@app_password.command("list")
+@click.argument("address")
+@json_option
+@pass_state
+def app_password_list(state: State, address: str, as_json: bool) -> None:
+    """List the app passwords of ADDRESS: name, created, last used (UTC); never the secret."""
+    config = state.config()
+    address = check_address(address)
+    with open_store(config) as store:
+        if store.get_account(address) is None:
+            raise UserError(f"no account {address}")
+        items = store.list_app_passwords(address)
+    rows = [
+        (
+            item.name,
+            as_datetime(item.created),
+            None if item.last_used is None else as_datetime(item.last_used),
+        )
+        for item in items
+    ]
+    emit_table(("name", "created", "last_used"), rows, as_json=as_json)
+
+
+@app_password.command("remove")
+@click.argument("address")
+@click.argument("name")
+@pass_state
+def app_password_remove(state: State, address: str, name: str) -> None:
+    """Revoke the app password NAME of ADDRESS (the others keep working)."""
+    config = state.config()
+    address = check_address(address)
+    with open_store(config) as store:
+        store.remove_app_password(address, name)
+    click.echo(f"Removed app password {name} of {address}")

@@ -29,12 +29,14 @@ from typing import Any
 
 from homing.config.model import (
     SERVICES,
+    AuthConfig,
     Config,
     DNSConfig,
     LimitsConfig,
     ListenAddress,
     ListenConfig,
     LogConfig,
+    POP3Config,
     SMTPConfig,
     TLSConfig,
 )
@@ -426,6 +428,19 @@ class _Text(_Scalar):
 
 
 @dataclass(frozen=True, slots=True)
+class _Boolean(_Scalar):
+    """true or false (TOML booleans only: "yes" and 1 are mistakes, not booleans)."""
+
+    def check(self, raw: object) -> bool:
+        if not isinstance(raw, bool):
+            raise ValueError(f"must be true or false, got {_type_name(raw)}")
+        return raw
+
+    def render(self, value: bool) -> str:
+        return "true" if value else "false"
+
+
+@dataclass(frozen=True, slots=True)
 class _Addresses:
     """An array of "host:port" strings; each item's errors name it as key[index]."""
 
@@ -458,7 +473,7 @@ class _Addresses:
         return "[" + ", ".join(_toml_string(str(address)) for address in value) + "]"
 
 
-_Kind = _Integer | _Size | _Duration | _Choice | _Text | _Addresses
+_Kind = _Integer | _Size | _Duration | _Choice | _Text | _Boolean | _Addresses
 
 
 def _in_range(
@@ -555,6 +570,34 @@ _SECTIONS = (
             _Key("banner", _Text(200), "text after the hostname in the 220 greeting"),
         ),
         "The receiving SMTP server (port 25).",
+    ),
+    _Section(
+        "auth",
+        AuthConfig,
+        (
+            _Key("failures_per_ip", _Integer(1), "failed logins from one IP in a minute: lockout"),
+            _Key(
+                "failure_delay",
+                _Duration(positive=False, maximum=60.0),
+                "added to the answer of each failed login after the third",
+            ),
+            _Key("lockout", _Duration(positive=False), "how long a locked-out IP is refused"),
+        ),
+        "Brute-force protection for every login (SMTP AUTH, IMAP, POP3).",
+    ),
+    _Section(
+        "pop3",
+        POP3Config,
+        (
+            # RFC 1939 §3: an autologout timer of at least 10 minutes.
+            _Key("idle_timeout", _Duration(), "idle time before a session is closed (RFC: 10m)"),
+            _Key(
+                "allow_plaintext_loopback",
+                _Boolean(),
+                "allow passwords without TLS from 127.0.0.1 and ::1",
+            ),
+        ),
+        "The POP3 server (ports 110 and 995).",
     ),
     _Section(
         "dns",

@@ -99,6 +99,35 @@ class SMTPConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """`[auth]`: brute-force protection for every login (SMTP AUTH, IMAP, POP3).
+
+    Failures are counted per client IP (IPv6 per /64) and per account over a sliding minute.
+    The first three are answered at once; each one after that waits `failure_delay` longer
+    (at most ten times it). An IP reaching `failures_per_ip` in a minute is locked out for
+    `lockout`; accounts are never locked (that would let anyone lock a user out)."""
+
+    failures_per_ip: int = 10
+    """Failed logins from one IP within a minute that lock it out."""
+    failure_delay: float = 1.0
+    """Extra wait added to the answer of each failure after the third."""
+    lockout: float = 300.0
+    """How long a locked-out IP's logins are refused without being checked."""
+
+
+@dataclass(frozen=True, slots=True)
+class POP3Config:
+    """`[pop3]`: the POP3 server (ports 110 and 995)."""
+
+    idle_timeout: float = 600.0
+    """Seconds without a command before the session is closed without deleting anything
+    (RFC 1939 §3: the autologout timer is at least 10 minutes)."""
+    allow_plaintext_loopback: bool = False
+    """Allow USER/PASS and AUTH without TLS from loopback addresses (127.0.0.0/8, ::1), e.g.
+    for a local fetch script. Elsewhere a password never crosses the network unencrypted."""
+
+
+@dataclass(frozen=True, slots=True)
 class DNSConfig:
     """`[dns]`: how Homing resolves names (MX, A/AAAA)."""
 
@@ -130,6 +159,8 @@ class Config:
     listen: ListenConfig = field(default_factory=ListenConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    pop3: POP3Config = field(default_factory=POP3Config)
     dns: DNSConfig = field(default_factory=DNSConfig)
     log: LogConfig = field(default_factory=LogConfig)
     config_path: Path | None = None

@@ -33,7 +33,7 @@ def new_queue_id() -> str:
 
 
 def rfc5322_date(ts: float) -> str:
-    """A Date in RFC 5322 §3.3 form with a real zone, "+0000" (never "-0000": that means unknown)."""
+    """An RFC 5322 §3.3 date with a real zone, "+0000" ("-0000" would mean unknown)."""
     return email.utils.format_datetime(datetime.fromtimestamp(ts, UTC))
 
 

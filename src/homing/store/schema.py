@@ -141,8 +141,33 @@ _V1 = (
     END""",
 )
 
+_V2 = (
+    # App passwords (`homing account app-password`): extra passwords of an account, each
+    # revocable on its own, with the same credential columns as `accounts`.
+    """CREATE TABLE app_passwords (
+        id INTEGER PRIMARY KEY,
+        account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        created REAL NOT NULL,
+        last_used REAL,
+        password_hash TEXT NOT NULL,
+        scram_salt BLOB NOT NULL,
+        scram_iterations INTEGER NOT NULL,
+        scram_stored_key BLOB NOT NULL,
+        scram_server_key BLOB NOT NULL,
+        UNIQUE (account_id, name)
+    )""",
+    # Per-installation secrets, made once here and never shown: "scram" keys the fake SCRAM
+    # verifiers of unknown users, which must stay the same across restarts (RFC 5802 §9).
+    """CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID""",
+    "INSERT INTO secrets (name, value) VALUES ('scram', randomblob(32))",
+)
+
 #: MIGRATIONS[i] upgrades schema version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -72,6 +72,11 @@ DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
     ("Archive", "\\Archive"),
 )
 MAX_UIDVALIDITY = 0xFFFFFFFF
+#: App passwords one account may have. Logins check every one of them (and pad to this many
+#: checks when they fail, see homing.auth), so the number is bounded.
+MAX_APP_PASSWORDS = 16
+#: Longest app password name, in characters.
+MAX_APP_PASSWORD_NAME = 64
 
 _MAILBOX_COLUMNS = (
     "id, account_id, name, special_use, uidvalidity, uidnext, highestmodseq, subscribed,"
@@ -120,6 +125,30 @@ def _credentials(row: Row) -> Credentials:
         scram_stored_key=bytes(row[3]),
         scram_server_key=bytes(row[4]),
     )
+
+
+def _app_password_name(name: str) -> str:
+    """An app password's name as given, checked: 1-64 printable characters, no surrounding
+    blanks (it is shown in lists and typed on the command line to remove it)."""
+    if not isinstance(name, str) or not name or len(name) > MAX_APP_PASSWORD_NAME:
+        raise InvalidName(f"an app password name is 1 to {MAX_APP_PASSWORD_NAME} characters")
+    if name != name.strip() or not name.isprintable():
+        raise InvalidName(
+            f"app password name {name!r} has surrounding blanks or unprintable characters"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class AppPassword:
+    """One app password of an account (`Store.list_app_passwords`); never the secret."""
+
+    id: int
+    account_id: int
+    name: str
+    created: float
+    last_used: float | None
+    """When a login last used it (seconds since the epoch), None if never."""
 
 
 def _uid_list(uids: Iterable[int]) -> list[int]:
@@ -513,6 +542,129 @@ class Store:
             params = (names.domain_key(domain),)
         with self._read() as conn:
             return [_account(r) for r in _rows(conn, sql + " ORDER BY a.key", params)]
+
+    # -- app passwords ----------------------------------------------------------------------
+
+    def add_app_password(self, address: str, name: str, credentials: Credentials) -> AppPassword:
+        """Give the account an extra password called `name`, usable wherever the account
+        password is (homing.auth decides which mechanisms). AlreadyExists if the account has
+        one of that name, StoreError past `MAX_APP_PASSWORDS`, NotFound without the account."""
+        key = names.address_key(address)
+        name = _app_password_name(name)
+        now = self._clock.now()
+
+        def job(tx: Tx) -> AppPassword:
+            account = _row(tx.conn, "SELECT id FROM accounts WHERE key = ?", (key,))
+            if account is None:
+                raise NotFound(f"no account {key}")
+            account_id: int = account[0]
+            ((count,),) = _rows(
+                tx.conn, "SELECT COUNT(*) FROM app_passwords WHERE account_id = ?", (account_id,)
+            )
+            if count >= MAX_APP_PASSWORDS:
+                raise StoreError(
+                    f"{key} has {count} app passwords, the most allowed; remove one first"
+                )
+            try:
+                row = _row(
+                    tx.conn,
+                    f"INSERT INTO app_passwords (account_id, name, created, {_CRED_COLUMNS})"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (
+                        account_id,
+                        name,
+                        now,
+                        credentials.password_hash,
+                        credentials.scram_salt,
+                        credentials.scram_iterations,
+                        credentials.scram_stored_key,
+                        credentials.scram_server_key,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise AlreadyExists(f"{key} already has an app password {name!r}") from exc
+            assert row is not None
+            return AppPassword(row[0], account_id, name, now, None)
+
+        return self._call(job)
+
+    def list_app_passwords(self, address: str) -> list[AppPassword]:
+        """The account's app passwords in the order they were made; NotFound without it."""
+        key = names.address_key(address)
+        with self._read() as conn:
+            account = _row(conn, "SELECT id FROM accounts WHERE key = ?", (key,))
+            if account is None:
+                raise NotFound(f"no account {key}")
+            rows = _rows(
+                conn,
+                "SELECT id, account_id, name, created, last_used FROM app_passwords"
+                " WHERE account_id = ? ORDER BY id",
+                (account[0],),
+            )
+        return [AppPassword(*row) for row in rows]
+
+    def remove_app_password(self, address: str, name: str) -> None:
+        """Revoke one app password (the others and the account password stay valid)."""
+        key = names.address_key(address)
+
+        def job(tx: Tx) -> None:
+            cur = tx.conn.execute(
+                "DELETE FROM app_passwords WHERE name = ?"
+                " AND account_id = (SELECT id FROM accounts WHERE key = ?)",
+                (name, key),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"{key} has no app password {name!r}")
+
+        self._call(job)
+
+    def get_all_credentials(self, address: str) -> list[tuple[str | None, Credentials]]:
+        """Every password of an account: (None, the account password) first, then
+        (name, credentials) of each app password, oldest first. Empty for an unknown (or
+        invalid) address. Read in one snapshot."""
+        try:
+            key = names.address_key(address)
+        except InvalidName:
+            return []
+        with self._read() as conn:
+            row = _row(conn, f"SELECT id, {_CRED_COLUMNS} FROM accounts WHERE key = ?", (key,))
+            if row is None:
+                return []
+            apps = _rows(
+                conn,
+                f"SELECT name, {_CRED_COLUMNS} FROM app_passwords WHERE account_id = ? ORDER BY id",
+                (row[0],),
+            )
+        found: list[tuple[str | None, Credentials]] = [(None, _credentials(row[1:]))]
+        found += [(app[0], _credentials(app[1:])) for app in apps]
+        return found
+
+    def app_password_used(self, address: str, name: str) -> Future[None]:
+        """Record that a login just used this app password (`last_used`). Never blocks; a
+        password removed meanwhile is ignored."""
+        try:
+            key = names.address_key(address)
+        except InvalidName as exc:
+            return _failed(exc)
+        now = self._clock.now()
+
+        def job(tx: Tx) -> None:
+            tx.conn.execute(
+                "UPDATE app_passwords SET last_used = ? WHERE name = ?"
+                " AND account_id = (SELECT id FROM accounts WHERE key = ?)",
+                (now, name, key),
+            )
+
+        return self._submit(job)
+
+    def get_secret(self, name: str) -> bytes:
+        """A random per-installation secret made when the store was created (or migrated):
+        "scram" keys the fake SCRAM verifiers of unknown users. NotFound for other names."""
+        with self._read() as conn:
+            row = _row(conn, "SELECT value FROM secrets WHERE name = ?", (name,))
+        if row is None:
+            raise NotFound(f"no secret {name!r}")
+        return bytes(row[0])
 
     # -- aliases ----------------------------------------------------------------------------
 
