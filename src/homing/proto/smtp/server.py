@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from homing.mail.reply import Reply
+from homing.proto import sasl
 from homing.proto.smtp import codes
 from homing.proto.smtp.errors import SMTPProtocolError
 from homing.proto.smtp.grammar import (
@@ -51,6 +53,14 @@ from homing.proto.smtp.grammar import (
     parse_mail_arg,
     parse_rcpt_arg,
 )
+
+#: RFC 4954 §4 replies for exchanges that broke rather than failed.
+_SASL_REPLIES: dict[sasl.ErrorKind, Reply] = {
+    "cancelled": codes.AUTH_CANCELLED,
+    "malformed": codes.BASE64_ERROR,
+    "authzid": codes.AUTH_INVALID,
+    "too_long": codes.AUTH_LINE_TOO_LONG,
+}
 
 # A line with no end that keeps growing past this is abuse, not a long command: drop the client.
 _MAX_DISCARD = 64 * 1024
@@ -88,6 +98,14 @@ class Settings:
     dsn: bool = True
     chunking: bool = True
     smtputf8: bool = True
+    auth_mechanisms: tuple[str, ...] = ()
+    """SASL mechanisms for AUTH (RFC 4954), strongest first; empty: no AUTH (port 25)."""
+    auth_requires_tls: bool = True
+    """Offer AUTH only over TLS; before it, AUTH gets 538 5.7.11 unchecked (RFC 4954 §4)."""
+    auth_required: bool = False
+    """MAIL needs a successful AUTH first, 530 5.7.0 otherwise (submission, RFC 6409 §4.3)."""
+    max_auth_line: int = sasl.MAX_RESPONSE
+    """Longest AUTH response line, base64 (RFC 4954 §4: at least 12288 octets)."""
 
 
 # ---------------------------------------------------------------------------------------- events
@@ -134,6 +152,32 @@ class MessageReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthPassword:
+    """AUTH PLAIN/LOGIN gave a password: verify it, then `auth_verdict(ok)`."""
+
+    user: str
+    password: str = field(repr=False)
+    authzid: str | None
+    mechanism: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthScramKeys:
+    """AUTH SCRAM-SHA-256 needs the user's verifier: answer `scram_keys(keys or None)`."""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    """A SCRAM exchange ended (informational: the core has replied). `user` may be unknown."""
+
+    user: str | None
+    ok: bool
+    mechanism: str
+
+
+@dataclass(frozen=True, slots=True)
 class StartTLS:
     """220 to STARTTLS is queued: flush it, handshake, then call `tls_established()`."""
 
@@ -145,7 +189,28 @@ class Closed:
     reason: str
 
 
-Event = Helo | MailFrom | RcptTo | MessageReceived | StartTLS | Closed | _NeedData
+Event = (
+    Helo
+    | MailFrom
+    | RcptTo
+    | MessageReceived
+    | StartTLS
+    | Closed
+    | AuthPassword
+    | AuthScramKeys
+    | AuthResult
+    | _NeedData
+)
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """An AUTH exchange in progress."""
+
+    name: str
+    machine: sasl.Mechanism
+    user: str | None = None
+    success: sasl.Success | None = None  # SCRAM: server-final sent, waiting for the empty reply
 
 
 @dataclass(slots=True)
@@ -161,8 +226,21 @@ class _Transaction:
 class ServerConnection:
     """One SMTP server session, bytes in and bytes out."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        nonce: Callable[[], str] | None = None,
+        scram_secret: bytes | None = None,
+    ) -> None:
+        """`nonce` makes SCRAM server nonces; `scram_secret` keys the fake SCRAM verifiers of
+        unknown users (see proto.sasl). Both are needed only when AUTH is offered."""
         self.settings = settings
+        self.user: str | None = None
+        """The authenticated user (AUTH succeeded), else None."""
+        self._nonce = nonce
+        self._secret = scram_secret
+        self._sasl: _Exchange | None = None
         self.state = State.GREETING
         self.tls = settings.tls_active
         self.helo: str | None = None
@@ -174,7 +252,9 @@ class ServerConnection:
         their inactivity deadline when it moves)."""
         self._buf = bytearray()
         self._out: list[bytes] = []
-        self._awaiting: MailFrom | RcptTo | MessageReceived | None = None
+        self._awaiting: (
+            MailFrom | RcptTo | MessageReceived | AuthPassword | AuthScramKeys | None
+        ) = None
         self._txn: _Transaction | None = None
         self._discarding = 0  # >0: inside an over-long command line, bytes dropped so far
         self._data = bytearray()  # DATA accumulator, starts with a CRLF sentinel
@@ -184,6 +264,7 @@ class ServerConnection:
         self._chunk_refusal: Reply | None = None
         self._bdat_return = State.READY
         self._close_reason: str | None = None
+        self._queued: Event | None = None
         self._closed_emitted = False
 
     # ------------------------------------------------------------------------------ adapter API
@@ -225,8 +306,8 @@ class ServerConnection:
     def respond(self, reply: Reply) -> None:
         """The policy's verdict on the outstanding MailFrom, RcptTo or MessageReceived."""
         event, self._awaiting = self._awaiting, None
-        if event is None:
-            raise RuntimeError("respond() without an outstanding event")
+        if event is None or isinstance(event, AuthPassword | AuthScramKeys):
+            raise RuntimeError(f"respond() does not answer {event!r}")
         self._reply(reply)
         if isinstance(event, MailFrom):
             if reply.is_positive:
@@ -245,11 +326,44 @@ class ServerConnection:
                 self.messages += 1
             self._end_transaction()
 
+    def auth_verdict(self, ok: bool, *, locked_out: bool = False) -> None:
+        """The answer to `AuthPassword`. `locked_out`: too many failures from this client; the
+        credentials were not checked and the session ends with 421 4.7.0."""
+        event = self._awaiting
+        exchange = self._sasl
+        if not isinstance(event, AuthPassword) or exchange is None:
+            raise RuntimeError("auth_verdict() without an outstanding AuthPassword")
+        self._awaiting = None
+        self._sasl = None
+        if locked_out:
+            self._fail(codes.RATE_LIMITED, "auth lockout")
+            return
+        step = exchange.machine.password_checked(ok)
+        if ok and isinstance(step, sasl.Success):
+            self.user = event.user
+            self._reply(codes.AUTH_OK)
+        else:
+            self._auth_failed()
+
+    def scram_keys(self, keys: sasl.ScramKeys | None, *, locked_out: bool = False) -> None:
+        """The answer to `AuthScramKeys` (None: no such user; the exchange goes on, then fails)."""
+        exchange = self._sasl
+        if not isinstance(self._awaiting, AuthScramKeys) or exchange is None:
+            raise RuntimeError("scram_keys() without an outstanding AuthScramKeys")
+        self._awaiting = None
+        if locked_out:
+            self._sasl = None
+            self._fail(codes.RATE_LIMITED, "auth lockout")
+            return
+        self._queued = self._sasl_step(exchange.machine.scram_keys(keys))
+
     def tls_established(self) -> None:
         """The STARTTLS handshake succeeded: forget everything (RFC 3207 §4.2)."""
         if self.state is not State.TLS:
             raise RuntimeError("tls_established() outside STARTTLS")
         self.tls = True
+        self.user = None
+        self._sasl = None
         self.helo = None
         self.extended = False
         self._txn = None
@@ -290,7 +404,13 @@ class ServerConnection:
             ext.append("DSN")
         if s.starttls and not self.tls:
             ext.append("STARTTLS")
+        if self._auth_offered():
+            ext.append("AUTH " + " ".join(s.auth_mechanisms))
         return ext
+
+    def _auth_offered(self) -> bool:
+        s = self.settings
+        return bool(s.auth_mechanisms) and (self.tls or not s.auth_requires_tls)
 
     def next_event(self) -> Event:
         if self._awaiting is not None:
@@ -301,6 +421,9 @@ class ServerConnection:
                     return NEED_DATA
                 self._closed_emitted = True
                 return Closed(self._close_reason or "closed")
+            if self._queued is not None:
+                queued, self._queued = self._queued, None
+                return queued
             if self.state in (State.GREETING, State.TLS):
                 return NEED_DATA
             try:
@@ -323,6 +446,8 @@ class ServerConnection:
         if line is None:
             return NEED_DATA if self.state is not State.CLOSED else None
         self.progress += 1
+        if self._sasl is not None:
+            return self._sasl_response(line)
         return self._dispatch(line)
 
     def _protocol_error(self, err: SMTPProtocolError) -> None:
@@ -341,6 +466,8 @@ class ServerConnection:
         """Take one CRLF-terminated command line off the buffer, or None if there is none yet."""
         buf = self._buf
         limit = self.settings.max_command_line
+        if self._sasl is not None or buf[:5].upper() == b"AUTH ":
+            limit = self.settings.max_auth_line + 2  # RFC 4954 §4: 12288 octets of base64
         while self.state is not State.CLOSED:
             if self._discarding:
                 lf = buf.find(b"\n")
@@ -366,7 +493,11 @@ class ServerConnection:
             if len(buf) < limit:
                 return None
             # RFC 5321 §4.5.3.1.4: 512 octets with CRLF. Answer now, drop the rest of the line.
-            self._reply(codes.LINE_TOO_LONG)
+            if self._sasl is not None:
+                self._sasl = None  # RFC 4954 §4: 500 5.5.6 ends the exchange
+                self._reply(codes.AUTH_LINE_TOO_LONG)
+            else:
+                self._reply(codes.LINE_TOO_LONG)
             self._count_error()
             self._discarding = 1
         return None
@@ -412,8 +543,103 @@ class ServerConnection:
         if verb in _HTTP_VERBS and _HTTP_ARG.match(cmd.arg):
             raise SMTPProtocolError(codes.HTTP_REJECTED, close=True)
         if verb == "AUTH":
-            raise SMTPProtocolError(codes.NOT_IMPLEMENTED.with_text("AUTH not available here"))
+            return self._auth(cmd.arg)
         raise SMTPProtocolError(codes.SYNTAX_ERROR)
+
+    # ------------------------------------------------------------------------------ AUTH
+
+    def _auth(self, arg: str) -> Event | None:
+        """RFC 4954 §4: AUTH mechanism [initial-response]."""
+        s = self.settings
+        if not s.auth_mechanisms:
+            raise SMTPProtocolError(codes.NOT_IMPLEMENTED.with_text("AUTH not available here"))
+        if not self._auth_offered():
+            # §4: before TLS the mechanisms on offer need encryption; nothing is checked.
+            raise SMTPProtocolError(codes.ENCRYPTION_REQUIRED)
+        if self.state is State.CONNECTED:
+            raise SMTPProtocolError(codes.NEED_HELO)
+        if self.user is not None:
+            raise SMTPProtocolError(codes.BAD_SEQUENCE.with_text("Already authenticated"))
+        if self._txn is not None:
+            raise SMTPProtocolError(
+                codes.BAD_SEQUENCE.with_text("AUTH not allowed in a transaction")
+            )
+        args = arg.split()
+        if not args or len(args) > 2:
+            raise SMTPProtocolError(
+                codes.PARAM_SYNTAX.with_text("Syntax: AUTH mechanism [response]")
+            )
+        name = args[0].upper()
+        if name not in s.auth_mechanisms:
+            raise SMTPProtocolError(codes.PARAM_NOT_IMPLEMENTED.with_text("Unrecognized mechanism"))
+        if self._nonce is None:
+            raise RuntimeError("AUTH offered without a nonce source")
+        machine = sasl.mechanism(name, nonce=self._nonce, secret=self._secret)
+        if machine is None:
+            raise SMTPProtocolError(codes.PARAM_NOT_IMPLEMENTED.with_text("Unrecognized mechanism"))
+        exchange = _Exchange(name, machine)
+        try:
+            initial = None
+            if len(args) == 2:
+                initial = sasl.decode_response(
+                    args[1].encode("ascii", "replace"), limit=s.max_auth_line
+                )
+            step = machine.start(initial)
+        except sasl.SASLError as err:
+            raise SMTPProtocolError(_SASL_REPLIES[err.kind]) from None
+        self._sasl = exchange
+        return self._sasl_step(step)
+
+    def _sasl_response(self, line: bytes) -> Event | None:
+        exchange = self._sasl
+        assert exchange is not None
+        try:
+            data = sasl.decode_response(line, limit=self.settings.max_auth_line)
+            if exchange.success is not None:
+                if data:
+                    raise sasl.SASLError("malformed", "expected an empty response")
+                return self._auth_succeeded(exchange, exchange.success)
+            step = exchange.machine.respond(data)
+        except sasl.SASLError as err:
+            self._sasl = None
+            raise SMTPProtocolError(_SASL_REPLIES[err.kind]) from None
+        return self._sasl_step(step)
+
+    def _sasl_step(self, step: sasl.Step) -> Event | None:
+        exchange = self._sasl
+        assert exchange is not None
+        if isinstance(step, sasl.Challenge):
+            self._out.append(b"334 " + sasl.encode_challenge(step.data) + b"\r\n")
+            return None
+        if isinstance(step, sasl.CheckPassword):
+            exchange.user = step.authcid
+            self._awaiting = AuthPassword(step.authcid, step.password, step.authzid, exchange.name)
+            return self._awaiting
+        if isinstance(step, sasl.NeedScramKeys):
+            exchange.user = step.authcid
+            self._awaiting = AuthScramKeys(step.authcid)
+            return self._awaiting
+        if isinstance(step, sasl.Success):
+            if step.final is not None:
+                # RFC 4954 §4 has no additional data with 235: the server-final goes out as a
+                # last 334 challenge, answered by an empty line (RFC 4422 §3.6).
+                exchange.success = step
+                self._out.append(b"334 " + sasl.encode_challenge(step.final) + b"\r\n")
+                return None
+            return self._auth_succeeded(exchange, step)
+        self._sasl = None
+        self._auth_failed()
+        return AuthResult(exchange.user, False, exchange.name)
+
+    def _auth_succeeded(self, exchange: _Exchange, step: sasl.Success) -> Event:
+        self._sasl = None
+        self.user = step.authcid
+        self._reply(codes.AUTH_OK)
+        return AuthResult(step.authcid, True, exchange.name)
+
+    def _auth_failed(self) -> None:
+        self._reply(codes.AUTH_INVALID)
+        self._count_error()
 
     @staticmethod
     def _no_args(arg: str) -> None:
@@ -444,6 +670,8 @@ class ServerConnection:
             raise SMTPProtocolError(codes.NEED_HELO)
         if self.state is not State.READY:
             raise SMTPProtocolError(codes.NESTED_MAIL)
+        if self.settings.auth_required and self.user is None:
+            raise SMTPProtocolError(codes.AUTH_REQUIRED)  # RFC 4954 §6, RFC 6409 §4.3
         args = parse_mail_arg(arg, extensions=self._advertised())
         if args.size is not None and args.size > self.settings.max_message_size:
             raise SMTPProtocolError(codes.MESSAGE_TOO_BIG)  # RFC 1870 §6
