@@ -7,7 +7,7 @@ DATA ?= var
 DEV_DOMAIN ?= example.test
 DEV_USER ?= demo@$(DEV_DOMAIN)
 # Debian packages the test suite drives as real clients.
-DEBIAN_TEST_PACKAGES := swaks
+DEBIAN_TEST_PACKAGES := swaks fetchmail getmail6 curl msmtp
 
 .PHONY: run test venv deps-debian lint typecheck contracts pytest bench clean
 
@@ -26,7 +26,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed
 
 deps-debian:
-	@missing=""; for p in $(DEBIAN_TEST_PACKAGES); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(DEBIAN_TEST_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \

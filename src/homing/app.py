@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from homing.auth import Authenticator, FailureLimiter
 from homing.clock import Clock, SystemClock
@@ -21,11 +21,13 @@ from homing.net.listener import Listeners, ServiceSpec
 from homing.net.stream import Stream
 from homing.net.tls import TLSContexts
 from homing.pop3d import session as pop3d
+from homing.proto import sasl
 from homing.proto.pop3 import codes as pop3_codes
 from homing.proto.smtp import codes
 from homing.proto.smtp import server as smtp_core
 from homing.router import Router
 from homing.smtpd.session import SessionRegistry, SMTPSession, Timeouts
+from homing.smtpd.submission import SubmissionSession
 from homing.store import Store
 
 log = logging.getLogger("homing")
@@ -86,9 +88,14 @@ class App:
 
     # ------------------------------------------------------------------------- services
 
-    def smtp_settings(self) -> smtp_core.Settings:
+    def smtp_settings(
+        self, *, submission: bool = False, implicit_tls: bool = False
+    ) -> smtp_core.Settings:
         limits = self.config.limits
         return smtp_core.Settings(
+            auth_mechanisms=sasl.MECHANISMS if submission else (),
+            auth_required=submission,
+            tls_active=implicit_tls,
             hostname=self.config.hostname,
             banner=self.config.smtp.banner,
             max_message_size=limits.message_size,
@@ -137,6 +144,23 @@ class App:
     async def _pop3_tls(self, stream: Stream) -> None:
         await self._pop3_handler(stream, implicit_tls=True)
 
+    def _submission_handler(self, implicit_tls: bool) -> Callable[[Stream], Awaitable[None]]:
+        async def handle(stream: Stream) -> None:
+            limits = self.config.limits
+            session = SubmissionSession(
+                stream,
+                settings=self.smtp_settings(submission=True, implicit_tls=implicit_tls),
+                router=self.router,
+                tls=self.tls,
+                timeouts=Timeouts(limits.command_timeout, limits.data_timeout),
+                registry=self.smtp_sessions,
+                auth=self.auth,
+                submission=self.config.submission,
+            )
+            await session.run()
+
+        return handle
+
     def services(self) -> list[ServiceSpec]:
         listen = self.config.listen
         specs = []
@@ -167,7 +191,19 @@ class App:
                         ).to_bytes(),
                     )
                 )
-        for name in ("submission", "submissions", "imap", "imaps"):
+        for name, implicit in (("submission", False), ("submissions", True)):
+            if listen.for_service(name) and (self.tls is not None or not implicit):
+                specs.append(
+                    ServiceSpec(
+                        name=name,
+                        addresses=listen.for_service(name),
+                        handler=self._submission_handler(implicit),
+                        implicit_tls=implicit,
+                        per_ip_limit=self.config.limits.connections_per_ip,
+                        over_limit=codes.TOO_MANY_CONNECTIONS.to_bytes(),
+                    )
+                )
+        for name in ("imap", "imaps"):
             if listen.for_service(name):
                 log.warning("%s is configured but not implemented yet; not listening", name)
         return specs

@@ -26,6 +26,7 @@ from homing.mail.address import AddressError, Mailbox, parse_mailbox
 from homing.mail.mime import parse_message
 from homing.mail.reply import Reply
 from homing.proto.smtp import codes
+from homing.proto.smtp.grammar import MailArgs, RcptArgs
 from homing.store import Account, NewMessage, Store, StoredMessage
 
 _MAX_ALIAS_DEPTH = 10
@@ -47,10 +48,12 @@ class Resolution:
 
 @dataclass(slots=True)
 class Envelope:
-    """An accepted message's envelope, as the MDA needs it."""
+    """An accepted message's envelope, as the MDA and the queue need it."""
 
     mail_from: str  # "" for the null reverse-path
     rcpts: list[tuple[str, Resolution]] = field(default_factory=list)
+    mail: MailArgs | None = None  # the MAIL parameters (DSN RET/ENVID, SMTPUTF8, BODY)
+    rcpt_args: list[RcptArgs] = field(default_factory=list)  # parallel to rcpts (NOTIFY, ORCPT)
 
 
 class Router:
@@ -183,7 +186,18 @@ class Router:
                         )
         return None
 
-    def deliver_local(
+    def owns(self, account: Account, mailbox: Mailbox) -> bool:
+        """May `account` send as `mailbox`? Its own address, its plus-addresses, and aliases
+        that point straight at it (a catch-all does not make every address its own)."""
+        own = account.address.lower()
+        for candidate in self._candidates(mailbox):
+            if candidate == own:
+                return True
+            if any(t.lower() == own for t in self.store.alias_targets(candidate)):
+                return True
+        return False
+
+    def deliver(
         self, message: bytes, envelope: Envelope, info: trace.TraceInfo
     ) -> Future[list[StoredMessage]]:
         """Queue one copy per local account for a group commit; the future resolves after fsync."""

@@ -261,6 +261,8 @@ ERRORS: list[tuple[dict[str, Any], str, str]] = [
     ({**H, "auth": {"failure_delay": "2m"}}, "auth.failure_delay", "at most 1m"),
     ({**H, "auth": {"lockout": "-1s"}}, "auth.lockout", "such as"),
     ({**H, "pop3": {"idle_timeout": 0}}, "pop3.idle_timeout", "positive"),
+    ({**H, "submission": {"from_check": "warn"}}, "submission.from_check", "reject"),
+    ({**H, "submission": {"hide_client": "no"}}, "submission.hide_client", "true"),
     ({**H, "pop3": {"allow_plaintext_loopback": "yes"}}, "pop3.allow_plaintext_loopback", "true"),
     ({**H, "pop3": {"allow_plaintext_loopback": 1}}, "pop3.allow_plaintext_loopback", "true"),
 ]

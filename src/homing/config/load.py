@@ -37,6 +37,7 @@ from homing.config.model import (
     ListenConfig,
     LogConfig,
     POP3Config,
+    SubmissionConfig,
     SMTPConfig,
     TLSConfig,
 )
@@ -598,6 +599,19 @@ _SECTIONS = (
             ),
         ),
         "The POP3 server (ports 110 and 995).",
+    ),
+    _Section(
+        "submission",
+        SubmissionConfig,
+        (
+            _Key(
+                "from_check",
+                _Choice(("reject", "off")),
+                "reject: the From header must name only the account's own addresses",
+            ),
+            _Key("hide_client", _Boolean(), "leave the client's IP out of the Received header"),
+        ),
+        "Mail from your users' programs (ports 587 and 465).",
     ),
     _Section(
         "dns",

@@ -128,6 +128,17 @@ class POP3Config:
 
 
 @dataclass(frozen=True, slots=True)
+class SubmissionConfig:
+    """`[submission]`: mail from your users' programs (ports 587 and 465, RFC 6409)."""
+
+    from_check: str = "reject"
+    """"reject": the From header must name only addresses the account owns (550 5.7.1
+    otherwise); "off": any From is passed on (the envelope sender is always checked)."""
+    hide_client: bool = False
+    """Leave the client's IP address and HELO name out of the Received header."""
+
+
+@dataclass(frozen=True, slots=True)
 class DNSConfig:
     """`[dns]`: how Homing resolves names (MX, A/AAAA)."""
 
@@ -161,6 +172,7 @@ class Config:
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     pop3: POP3Config = field(default_factory=POP3Config)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     log: LogConfig = field(default_factory=LogConfig)
     config_path: Path | None = None

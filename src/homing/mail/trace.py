@@ -72,6 +72,7 @@ class TraceInfo:
     )
     tls: str | None = None  # "version=TLSv1.3 cipher=TLS_AES_256_GCM_SHA384"
     client_name: str | None = None  # verified reverse DNS name, if known
+    hidden: bool = False  # leave the client out (submission privacy option)
 
 
 def with_protocol(*, extended: bool, tls: bool, auth: bool, utf8: bool) -> str:
@@ -90,10 +91,11 @@ def _clean(text: str) -> str:
 def received(info: TraceInfo, rcpt: str | None, when: float) -> bytes:
     """A Received field in RFC 5321 §4.4 form, folded, ending with CRLF."""
     peer = f"{info.client_name} [{info.client_ip}]" if info.client_name else f"[{info.client_ip}]"
-    lines = [
-        f"Received: from {_clean(info.helo)} ({peer})",
-        f"\tby {info.hostname} (Homing) with {info.protocol} id {info.queue_id}",
-    ]
+    by = f"by {info.hostname} (Homing) with {info.protocol} id {info.queue_id}"
+    if info.hidden:
+        lines = [f"Received: {by}"]
+    else:
+        lines = [f"Received: from {_clean(info.helo)} ({peer})", f"\t{by}"]
     if info.tls:
         lines.append(f"\t({info.tls})")
     date = rfc5322_date(when)

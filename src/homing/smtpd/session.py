@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from homing.mail import trace
@@ -56,9 +57,11 @@ class SMTPSession:
         tls: TLSContexts | None,
         timeouts: Timeouts,
         registry: SessionRegistry,
+        nonce: Callable[[], str] | None = None,
+        scram_secret: bytes | None = None,
     ) -> None:
         self.stream = stream
-        self.conn = core.ServerConnection(settings)
+        self.conn = core.ServerConnection(settings, nonce=nonce, scram_secret=scram_secret)
         self.router = router
         self.tls = tls
         self.timeouts = timeouts
@@ -132,6 +135,8 @@ class SMTPSession:
                 await self._flush()
                 if not await self._start_tls():
                     return
+            elif isinstance(event, core.AuthPassword | core.AuthScramKeys | core.AuthResult):
+                await self.on_auth(event)
             elif isinstance(event, core.Helo):
                 log.debug("%s helo=%s", self._log_prefix, event.name)
             elif isinstance(event, core.Closed):
@@ -204,38 +209,60 @@ class SMTPSession:
         log.info("%s rcpt to=%s result=%d", self._log_prefix, mailbox, res.reply.code)
         return res.reply
 
-    async def on_message(self, event: core.MessageReceived) -> Reply:
-        queue_id = trace.new_queue_id()
+    async def on_auth(
+        self, event: core.AuthPassword | core.AuthScramKeys | core.AuthResult
+    ) -> None:
+        """Port 25 offers no AUTH, so the core never asks (see smtpd.submission)."""
+        raise RuntimeError(f"unexpected {event!r} on {self.stream.service}")
+
+    def envelope(self, event: core.MessageReceived) -> Envelope:
+        """The accepted recipients of this message, each with where it goes."""
         mailbox = event.mail.path.mailbox
-        envelope = Envelope(mail_from="" if mailbox is None else str(mailbox))
+        envelope = Envelope(mail_from="" if mailbox is None else str(mailbox), mail=event.mail)
         for rcpt in event.rcpts:
             res = self.resolved.get(str(rcpt.path))
             if res is None and rcpt.path.mailbox is not None:
                 res = self.router.resolve(rcpt.path.mailbox)
             if res is not None and res.accepted:
                 envelope.rcpts.append((str(rcpt.path.mailbox), res))
+                envelope.rcpt_args.append(rcpt)
         self.resolved.clear()
-        loop_reply = self.router.loop_check(event.data, envelope)
-        if loop_reply is not None:
-            log.info("%s id=%s rejected loop", self._log_prefix, queue_id)
-            return loop_reply
-        info = trace.TraceInfo(
-            helo=self.conn.helo or "unknown",
-            client_ip=self.stream.peer[0],
+        return envelope
+
+    def trace_info(
+        self, event: core.MessageReceived, queue_id: str, *, hide: bool = False
+    ) -> trace.TraceInfo:
+        return trace.TraceInfo(
+            helo="unknown" if hide else self.conn.helo or "unknown",
+            client_ip="127.0.0.1" if hide else self.stream.peer[0],
             hostname=self.conn.settings.hostname,
             queue_id=queue_id,
             protocol=trace.with_protocol(
                 extended=self.conn.extended,
                 tls=self.conn.tls,
-                auth=False,
+                auth=self.conn.user is not None,
                 utf8=event.mail.smtputf8,
             ),
             tls=self._tls_text(),
+            hidden=hide,
         )
+
+    async def on_message(self, event: core.MessageReceived) -> Reply:
+        queue_id = trace.new_queue_id()
+        envelope = self.envelope(event)
+        loop_reply = self.router.loop_check(event.data, envelope)
+        if loop_reply is not None:
+            log.info("%s id=%s rejected loop", self._log_prefix, queue_id)
+            return loop_reply
+        return await self.store_message(event.data, envelope, self.trace_info(event, queue_id))
+
+    async def store_message(
+        self, message: bytes, envelope: Envelope, info: trace.TraceInfo
+    ) -> Reply:
+        """Hand the message to the router; the 250 only once it is on disk."""
+        queue_id = info.queue_id
         try:
-            stored = await asyncio.wrap_future(
-                self.router.deliver_local(event.data, envelope, info)
-            )
+            stored = await asyncio.wrap_future(self.router.deliver(message, envelope, info))
         except StoreError as err:
             log.error("%s id=%s store error: %s", self._log_prefix, queue_id, err)
             return codes.STORE_UNAVAILABLE
@@ -247,7 +274,7 @@ class SMTPSession:
             self._log_prefix,
             queue_id,
             envelope.mail_from,
-            len(event.data),
+            len(message),
             len(envelope.rcpts),
             len(stored),
         )

@@ -91,6 +91,7 @@ USER_UNKNOWN = Reply(550, "5.1.1", "No such user here")  # X.1.1 bad destination
 MAILBOX_DISABLED = Reply(550, "5.2.1", "Mailbox disabled")  # X.2.1
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")  # X.7.1 delivery not authorized
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by authenticated user")  # X.7.1
+FROM_NOT_OWNED = Reply(550, "5.7.1", "From header names an address you do not own")  # RFC 6409 §8
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")  # RFC 1870 §6, X.3.4
 LOOP_DETECTED = Reply(554, "5.4.0", "Mail loop detected")  # RFC 5321 §6.3, X.4.0 (hop count / loop)
 TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")  # RFC 3207

@@ -326,9 +326,10 @@ class ServerConnection:
                 self.messages += 1
             self._end_transaction()
 
-    def auth_verdict(self, ok: bool, *, locked_out: bool = False) -> None:
+    def auth_verdict(self, ok: bool, *, locked_out: bool = False, temporary: bool = False) -> None:
         """The answer to `AuthPassword`. `locked_out`: too many failures from this client; the
-        credentials were not checked and the session ends with 421 4.7.0."""
+        credentials were not checked and the session ends with 421 4.7.0. `temporary`: our own
+        trouble (454 4.7.0, RFC 4954 §6)."""
         event = self._awaiting
         exchange = self._sasl
         if not isinstance(event, AuthPassword) or exchange is None:
@@ -337,6 +338,9 @@ class ServerConnection:
         self._sasl = None
         if locked_out:
             self._fail(codes.RATE_LIMITED, "auth lockout")
+            return
+        if temporary:
+            self._reply(codes.AUTH_TEMP_FAILURE)
             return
         step = exchange.machine.password_checked(ok)
         if ok and isinstance(step, sasl.Success):

@@ -1,0 +1,172 @@
+"""Submission on 587 (STARTTLS) and 465 (TLS): smtplib, swaks, msmtp against `homing serve`."""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import ssl
+import subprocess
+from collections.abc import Callable
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import DOMAIN, Server, require_tool
+
+ALICE = f"alice@{DOMAIN}"
+BOB = f"bob@{DOMAIN}"
+PASSWORD = "alice-secret-password"
+SUBMISSION = {"listen": {"submission": ["127.0.0.1:0"], "submissions": ["127.0.0.1:0"]}}
+
+
+def tls_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+@pytest.fixture
+def msa(make_server: Callable[..., Server]) -> Server:
+    server = make_server(SUBMISSION)
+    server.add_account(ALICE, PASSWORD)
+    server.add_account(BOB)
+    server.cli("alias", "add", f"sales@{DOMAIN}", ALICE)
+    return server
+
+
+def message(frm: str = ALICE, to: str = BOB, subject: str = "hi", **extra: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = frm
+    msg["To"] = to
+    msg["Subject"] = subject
+    for k, v in extra.items():
+        msg[k.replace("_", "-")] = v
+    msg.set_content("Hello from submission.\n")
+    return msg
+
+
+def submit(server: Server) -> smtplib.SMTP:
+    smtp = smtplib.SMTP(*server.address("submission"), local_hostname="laptop.example", timeout=10)
+    smtp.starttls(context=tls_context())
+    smtp.login(ALICE, PASSWORD)
+    return smtp
+
+
+def test_starttls_login_and_local_delivery_with_fixups(msa: Server) -> None:
+    with submit(msa) as smtp:
+        smtp.send_message(message(), ALICE, [BOB])
+    raw = msa.message(BOB, 1)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert b"with ESMTPSA id" in head
+    assert b"Received: from laptop.example ([127.0.0.1])" in head
+    assert b"\r\nMessage-ID: <" in head  # RFC 6409 §8.3: added when missing
+    assert b"\r\nDate: " in head  # §8.2
+
+
+def test_implicit_tls_on_465(msa: Server) -> None:
+    host, port = msa.address("submissions")
+    with smtplib.SMTP_SSL(host, port, context=tls_context(), timeout=10) as smtp:
+        smtp.login(ALICE, PASSWORD)
+        smtp.send_message(message(subject="465"), ALICE, [BOB])
+    assert b"Subject: 465" in msa.message(BOB, 1)
+
+
+def test_auth_before_tls_is_refused_unchecked(msa: Server) -> None:
+    with smtplib.SMTP(*msa.address("submission"), timeout=10) as smtp:
+        smtp.ehlo()
+        assert not smtp.has_extn("auth")
+        cred = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode()).decode()
+        code, text = smtp.docmd("AUTH", f"PLAIN {cred}")
+        assert (code, text[:6]) == (538, b"5.7.11")
+        code, text = smtp.docmd("MAIL", f"FROM:<{ALICE}>")
+        assert (code, text[:5]) == (530, b"5.7.0")
+
+
+def test_wrong_password_and_unknown_user_look_the_same(msa: Server) -> None:
+    replies = []
+    for user in (ALICE, f"nobody@{DOMAIN}"):
+        with smtplib.SMTP(*msa.address("submission"), timeout=10) as smtp:
+            smtp.starttls(context=tls_context())
+            with pytest.raises(smtplib.SMTPAuthenticationError) as err:
+                smtp.login(user, "wrong-password")
+            replies.append((err.value.smtp_code, err.value.smtp_error))
+    assert replies[0] == replies[1] == (535, b"5.7.8 Authentication credentials invalid")
+
+
+def test_sender_must_be_owned(msa: Server) -> None:
+    with submit(msa) as smtp:
+        smtp.ehlo()
+        assert smtp.mail(BOB)[0] == 553
+        smtp.rset()
+        assert smtp.mail(f"alice+lists@{DOMAIN}")[0] == 250  # plus-address of her own
+        smtp.rset()
+        assert smtp.mail(f"sales@{DOMAIN}")[0] == 250  # alias pointing at her
+        smtp.rset()
+        assert smtp.mail("")[0] == 250  # the null sender
+
+
+@pytest.mark.parametrize(
+    "frm",
+    [
+        f"alice@{DOMAIN} <{BOB}>",
+        f'"alice@{DOMAIN}" <{BOB}>',
+        f"{BOB}, {ALICE}",
+        f"=?utf-8?q?alice=40{DOMAIN}?= <{BOB}>",
+    ],
+)
+def test_from_header_confusions_are_refused(msa: Server, frm: str) -> None:
+    raw = f"From: {frm}\r\nTo: {BOB}\r\nSubject: spoof\r\n\r\nhi\r\n".encode()
+    with submit(msa) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            smtp.sendmail(ALICE, [BOB], raw)
+        assert (err.value.smtp_code, err.value.smtp_error[:5]) == (550, b"5.7.1")
+    assert msa.mailbox_count(BOB) == 0
+
+
+def test_two_from_headers_are_refused(msa: Server) -> None:
+    raw = f"From: {ALICE}\r\nFrom: {BOB}\r\nSubject: two\r\n\r\nhi\r\n".encode()
+    with submit(msa) as smtp, pytest.raises(smtplib.SMTPDataError):
+        smtp.sendmail(ALICE, [BOB], raw)
+
+
+def test_remote_recipients_are_not_accepted_without_a_queue_or_are_relayed(msa: Server) -> None:
+    with submit(msa) as smtp:
+        smtp.ehlo()
+        smtp.mail(ALICE)
+        code, _ = smtp.rcpt("friend@elsewhere.example")
+        assert code in (250, 451)
+
+
+def test_swaks_auth_plain_and_login(msa: Server) -> None:
+    swaks = require_tool("swaks")
+    host, port = msa.address("submission")
+    for mech in ("PLAIN", "LOGIN"):
+        out = subprocess.run(
+            [swaks, "--server", host, "--port", str(port), "--tls", "--auth", mech,
+             "--auth-user", ALICE, "--auth-password", PASSWORD, "--from", ALICE, "--to", BOB,
+             "--header", f"From: {ALICE}", "--header", f"Subject: swaks {mech}", "--timeout", "10"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "235 2.7.0" in out.stdout
+    assert msa.mailbox_count(BOB) == 2
+
+
+@pytest.mark.parametrize("mech", ["scram-sha-256", "plain"])
+def test_msmtp_submits_over_tls(msa: Server, tmp_path: Path, mech: str) -> None:
+    msmtp = require_tool("msmtp")
+    host, port = msa.address("submission")
+    rc = tmp_path / "msmtprc"
+    rc.write_text(
+        f"account default\nhost {host}\nport {port}\nfrom {ALICE}\nauth {mech}\n"
+        f"user {ALICE}\npassword {PASSWORD}\ntls on\ntls_starttls on\ntls_certcheck off\n"
+    )
+    rc.chmod(0o600)
+    raw = f"From: {ALICE}\nTo: {BOB}\nSubject: msmtp {mech}\n\nhello from msmtp\n"
+    out = subprocess.run(
+        [msmtp, "-C", str(rc), BOB], input=raw, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"msmtp {mech}".encode() in msa.message(BOB, 1)
