@@ -838,7 +838,8 @@ class ServerConnection:
             # BDAT content must be CRLF lines too (no BINARYMIME); complete the last line.
             message += b"\r\n"
         limit = self.settings.max_text_line
-        if len(message) > limit and re.search(rb"[^\n]{%d}" % limit, message):
+        # Longest line via split (C speed; a counted regex costs ~40 ms per MiB here).
+        if len(message) > limit and max(map(len, message.split(b"\n"))) >= limit:
             self._reject_message(codes.MESSAGE_TOO_BIG.with_text("Message has a line too long"))
             return None
         txn = self._txn
