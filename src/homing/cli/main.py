@@ -14,6 +14,7 @@ from homing.cli.domain import domain
 from homing.cli.init import init
 from homing.cli.mailbox import mailbox
 from homing.cli.message import message
+from homing.cli.sendmail import sendmail
 from homing.cli.serve import serve
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -38,7 +39,7 @@ def cli(ctx: click.Context, config_option: str | None) -> None:
     ctx.obj = State(config_option)
 
 
-for command in (init, serve, domain, account, alias, mailbox, message):
+for command in (init, serve, domain, account, alias, mailbox, message, sendmail):
     cli.add_command(command)
 
 
