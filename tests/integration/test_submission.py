@@ -6,6 +6,7 @@ import base64
 import smtplib
 import ssl
 import subprocess
+import time
 from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
@@ -170,3 +171,35 @@ def test_msmtp_submits_over_tls(msa: Server, tmp_path: Path, mech: str) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"msmtp {mech}".encode() in msa.message(BOB, 1)
+
+
+def test_brute_force_lockout_is_per_ip(make_server: Callable[..., Server]) -> None:
+    server = make_server(
+        {**SUBMISSION, "auth": {"failures_per_ip": 4, "failure_delay": "200ms", "lockout": "30s"}}
+    )
+    server.add_account(ALICE, PASSWORD)
+    host, port = server.address("submission")
+
+    def attempt(password: str, source: str = "127.0.0.1") -> tuple[int, bytes]:
+        smtp = smtplib.SMTP(host, port, timeout=15, source_address=(source, 0))
+        try:
+            smtp.starttls(context=tls_context())
+            smtp.ehlo()
+            cred = base64.b64encode(f"\0{ALICE}\0{password}".encode()).decode()
+            try:
+                return smtp.docmd("AUTH", f"PLAIN {cred}")  # one mechanism, one attempt
+            except smtplib.SMTPServerDisconnected:
+                return 421, b"disconnected"
+        finally:
+            smtp.close()
+
+    timings = []
+    for _ in range(4):
+        start = time.monotonic()
+        assert attempt("wrong")[0] == 535
+        timings.append(time.monotonic() - start)
+    assert timings[3] - timings[0] >= 0.15  # each failure after the third waits longer
+    # Locked out now: even the right password is refused, unchecked.
+    assert attempt(PASSWORD)[0] in (421, 454)
+    # Another client address is not locked out.
+    assert attempt(PASSWORD, source="127.0.0.2")[0] == 235
