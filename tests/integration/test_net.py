@@ -461,7 +461,7 @@ def test_handler_exception_is_logged_not_sent_and_listener_survives(
             assert await reader.readexactly(12) == b"still there?"
             await shut(writer)
 
-    caplog.set_level(logging.INFO, logger=LOG.name)
+    caplog.set_level(logging.DEBUG, logger=LOG.name)
     run(main())
     failures = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(failures) == 1

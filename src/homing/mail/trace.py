@@ -6,6 +6,7 @@ Pure functions over bytes; the MDA prepends what these return to each delivered 
 from __future__ import annotations
 
 import email.utils
+import functools
 import random
 import re
 import time
@@ -32,9 +33,14 @@ def new_queue_id() -> str:
     return "".join(reversed(out))
 
 
+@functools.lru_cache(maxsize=4)
+def _date_of_second(second: int) -> str:
+    return email.utils.format_datetime(datetime.fromtimestamp(second, UTC))
+
+
 def rfc5322_date(ts: float) -> str:
     """An RFC 5322 §3.3 date with a real zone, "+0000" ("-0000" would mean unknown)."""
-    return email.utils.format_datetime(datetime.fromtimestamp(ts, UTC))
+    return _date_of_second(int(ts))  # formatted once per second, not once per message
 
 
 def header_section(message: bytes) -> bytes:

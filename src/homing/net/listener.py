@@ -254,7 +254,9 @@ class Listeners:
     async def _serve(self, spec: ServiceSpec, stream: TCPStream, key: tuple[str, str]) -> None:
         """The task of one admitted connection: handshake, handler, close, log."""
         log = self._logger
-        log.info(
+        # One info line per connection (at its end, with peer, duration and bytes); the opening
+        # is debug so a busy server does not pay for two.
+        log.debug(
             "conn=%s service=%s peer=%s local=%s open",
             stream.conn_id,
             spec.name,

@@ -141,8 +141,12 @@ class SMTPSession:
                 log.debug("%s helo=%s", self._log_prefix, event.name)
             elif isinstance(event, core.Closed):
                 await self._flush()
-                log.info(
-                    "%s close reason=%r messages=%d", self._log_prefix, event.reason, conn.messages
+                log.log(
+                    logging.DEBUG if event.reason == "quit" else logging.INFO,
+                    "%s close reason=%r messages=%d",
+                    self._log_prefix,
+                    event.reason,
+                    conn.messages,
                 )
                 return
 
@@ -206,7 +210,13 @@ class SMTPSession:
             return codes.STORE_UNAVAILABLE
         if res.accepted:
             self.resolved[str(event.args.path)] = res
-        log.info("%s rcpt to=%s result=%d", self._log_prefix, mailbox, res.reply.code)
+        log.log(
+            logging.DEBUG if res.accepted else logging.INFO,
+            "%s rcpt to=%s result=%d",
+            self._log_prefix,
+            mailbox,
+            res.reply.code,
+        )
         return res.reply
 
     async def on_auth(

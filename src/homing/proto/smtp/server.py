@@ -265,6 +265,8 @@ class ServerConnection:
         self._bdat_return = State.READY
         self._close_reason: str | None = None
         self._queued: Event | None = None
+        self._advertised_cache: frozenset[str] = frozenset()
+        self._advertised_for: tuple[bool, bool] | None = None
         self._closed_emitted = False
 
     # ------------------------------------------------------------------------------ adapter API
@@ -665,9 +667,14 @@ class ServerConnection:
         return Helo(name, extended)
 
     def _advertised(self) -> frozenset[str]:
+        """The keywords the MAIL/RCPT parameters may use (none after HELO)."""
         if not self.extended:
             return frozenset()
-        return frozenset(e.split(" ", 1)[0] for e in self.extensions())
+        key = (self.tls, self.user is not None)
+        if self._advertised_for != key:
+            self._advertised_cache = frozenset(e.split(" ", 1)[0] for e in self.extensions())
+            self._advertised_for = key
+        return self._advertised_cache
 
     def _mail(self, arg: str) -> Event:
         if self.state is State.CONNECTED:
