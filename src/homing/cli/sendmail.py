@@ -118,9 +118,18 @@ def _drop_field(head: bytes, name: bytes) -> bytes:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @pass_state
 def sendmail(state: State, args: tuple[str, ...]) -> None:
-    """Send a message read from standard input (sendmail-compatible; see docs/cli.md)."""
-    if "--help" in args or "-h" in args:
-        click.echo(__doc__)
+    """Send a message read from standard input, as sendmail does.
+
+    \b
+    homing sendmail [-t] [-i | -oi] [-f SENDER] [-F NAME] [RECIPIENT ...] < message
+      -t         recipients from To, Cc and Bcc (Bcc is removed)
+      -i, -oi    a line with a single "." does not end the message
+      -f SENDER  envelope sender (default $USER@hostname); -f '<>' for none
+      -F NAME    full name for the From header added when there is none
+    Exit status (sysexits): 0 ok, 64 usage, 67 unknown recipient, 75 try later.
+    """
+    if "--help" in args:
+        click.echo(click.get_current_context().get_help())
         return
     try:
         opts = parse_args(list(args))
