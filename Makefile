@@ -6,8 +6,10 @@ BIN := $(VENV)/bin
 DATA ?= var
 DEV_DOMAIN ?= example.test
 DEV_USER ?= demo@$(DEV_DOMAIN)
-# Debian packages the test suite drives as real clients.
-DEBIAN_TEST_PACKAGES := swaks fetchmail getmail6 curl msmtp
+# Debian packages the test suite drives as real clients (postfix: its smtp-source drives the
+# benchmark smoke test and its smtp-sink plays the remote MX in the outbound tests; preseeded
+# "No configuration", so no system Postfix is set up and its daemon is never started).
+DEBIAN_TEST_PACKAGES := swaks fetchmail getmail6 curl msmtp postfix
 
 .PHONY: run test venv deps-debian lint typecheck contracts pytest bench clean
 
@@ -30,6 +32,7 @@ deps-debian:
 	  dpkg -s $$p >/dev/null 2>&1 || command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; \
+	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "missing Debian packages:$$missing (tests that need them are skipped; CI installs them)"; fi; fi
 
@@ -63,8 +66,9 @@ pytest: venv deps-debian
 
 test: lint typecheck contracts pytest
 
+# Side by side with Postfix and Dovecot (bench/README.md): `make bench`, `make bench BENCH_ARGS=--quick`.
 bench: venv
-	$(BIN)/python bench/smtp_accept.py
+	bench/run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from homing.auth import Authenticator, FailureLimiter
 from homing.clock import Clock, SystemClock
 from homing.config.model import Config
+from homing.imapd import IMAPService
 from homing.net.listener import Listeners, ServiceSpec
 from homing.net.stream import Stream
 from homing.net.tls import TLSContexts
@@ -25,6 +26,7 @@ from homing.proto import sasl
 from homing.proto.pop3 import codes as pop3_codes
 from homing.proto.smtp import codes
 from homing.proto.smtp import server as smtp_core
+from homing.queue.runner import QueueRunner, build_runner
 from homing.router import Router
 from homing.smtpd.session import SessionRegistry, SMTPSession, Timeouts
 from homing.smtpd.submission import SubmissionSession
@@ -58,6 +60,7 @@ class App:
                 self.store.add_domain(domain)
         self.tls = self._load_tls()
         self.router = Router(self.store, config, self.clock)
+        self.queue: QueueRunner = build_runner(self.store, config, self.clock, self.router)
         self.smtp_sessions = SessionRegistry()
         auth = config.auth
         self.auth = Authenticator(
@@ -72,6 +75,13 @@ class App:
         )
         self.pop3_sessions = pop3d.SessionRegistry()
         self.maildrops = pop3d.Maildrops()
+        self.imap = IMAPService(
+            self.store,
+            self.auth,
+            self.tls,
+            idle_timeout=config.imap.idle_timeout,
+            max_message_size=config.limits.message_size,
+        )
         self.listeners = Listeners(
             self.tls,
             max_connections=config.limits.connections,
@@ -178,7 +188,9 @@ class App:
             ("pop3", False, self._pop3_plain),
             ("pop3s", True, self._pop3_tls),
         ):
-            if listen.for_service(name):
+            if listen.for_service(name) and implicit and self.tls is None:
+                log.warning("%s needs a TLS certificate; not listening", name)
+            elif listen.for_service(name):
                 specs.append(
                     ServiceSpec(
                         name=name,
@@ -203,13 +215,25 @@ class App:
                         over_limit=codes.TOO_MANY_CONNECTIONS.to_bytes(),
                     )
                 )
-        for name in ("imap", "imaps"):
-            if listen.for_service(name):
-                log.warning("%s is configured but not implemented yet; not listening", name)
+        for name, implicit in (("imap", False), ("imaps", True)):
+            if listen.for_service(name) and implicit and self.tls is None:
+                log.warning("%s needs a TLS certificate; not listening", name)
+            elif listen.for_service(name):
+                specs.append(
+                    ServiceSpec(
+                        name=name,
+                        addresses=listen.for_service(name),
+                        handler=self.imap.handler(implicit_tls=implicit),
+                        implicit_tls=implicit,
+                        per_ip_limit=self.config.limits.connections_per_ip,
+                        over_limit=b"* BYE Too many connections\r\n",
+                    )
+                )
         return specs
 
     async def start(self) -> None:
         await self.listeners.start(self.services())
+        await self.queue.start()
         self._write_run_file(self.listeners.bound())
 
     def _write_run_file(self, bound: dict[str, list[tuple[str, int]]]) -> None:
@@ -224,8 +248,11 @@ class App:
         log.info("shutting down")
         self.smtp_sessions.drain()
         self.pop3_sessions.drain()
+        self.imap.drain()
         await self.listeners.stop(grace=SHUTDOWN_GRACE)
+        await self.queue.stop()
         self.auth.close()
+        self.imap.close()
         self.store.close()
         with contextlib.suppress(FileNotFoundError):
             (self.config.run_dir / "listeners.json").unlink()
@@ -241,6 +268,7 @@ class App:
                 log.error("TLS reload failed, keeping the old certificate: %s", err)
         else:
             self.tls = self._load_tls()
+            self.imap.tls = self.tls
 
 
 async def run_until_signalled(app: App) -> None:
@@ -249,6 +277,7 @@ async def run_until_signalled(app: App) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app.reload)
+    loop.add_signal_handler(signal.SIGUSR1, app.queue.wake)  # `homing queue retry`
     await app.start()
     log.info("homing ready pid=%d", os.getpid())
     await stop.wait()

@@ -10,7 +10,8 @@ Anything else in a local domain is unknown (550 5.1.1); other domains are remote
 
 Delivery prepends Return-Path, Delivered-To and Received to each copy, refuses loops
 (RFC 5321 §6.3), parses the message once (mail.mime) and hands all copies to the store in one
-group-committed transaction.
+group-committed transaction, together with the outbound queue entries (one per remote
+domain, with this hop's Received field) for remote recipients and remote alias targets.
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from homing.mail.mime import parse_message
 from homing.mail.reply import Reply
 from homing.proto.smtp import codes
 from homing.proto.smtp.grammar import MailArgs, RcptArgs
-from homing.store import Account, NewMessage, Store, StoredMessage
+from homing.store import (
+    Account,
+    NewMessage,
+    NewQueued,
+    QueueRecipient,
+    Store,
+    StoredMessage,
+)
 
 _MAX_ALIAS_DEPTH = 10
 _MAX_EXPANSION = 1000
@@ -64,9 +72,10 @@ class Router:
         self.config = config
         self.clock = clock
         self._config_domains = frozenset(d.lower() for d in config.domains)
-        # Remote alias targets need the outbound queue (a later component). Until it exists, an
-        # alias with only remote targets is answered 450, so nothing is accepted and then lost.
-        self.forwarding = False
+        # Remote recipients and alias targets go to the outbound queue (store.spool), which
+        # a running server's queue runner delivers. False would answer 450 for aliases with
+        # only remote targets (and refuse relaying), for a set-up without outbound mail.
+        self.forwarding = True
 
     # -------------------------------------------------------------------------- routing
 
@@ -200,10 +209,19 @@ class Router:
     def deliver(
         self, message: bytes, envelope: Envelope, info: trace.TraceInfo
     ) -> Future[list[StoredMessage]]:
-        """Queue one copy per local account for a group commit; the future resolves after fsync."""
-        parsed = parse_message(message)
+        """One copy per local account and one queue entry per remote domain, in one group
+        commit; the future resolves after fsync."""
         now = self.clock.now()
+        copies = self._copies(message, envelope, info, now)
+        return self.store.deliver(copies, self.queue_entries(message, envelope, info, now))
+
+    def _copies(
+        self, message: bytes, envelope: Envelope, info: trace.TraceInfo, now: float
+    ) -> list[NewMessage]:
         copies: list[NewMessage] = []
+        if not any(res.accounts for _, res in envelope.rcpts):
+            return copies
+        parsed = parse_message(message)
         done: set[int] = set()
         for rcpt, res in envelope.rcpts:
             for account in res.accounts:
@@ -225,4 +243,81 @@ class Router:
                         internaldate=now,
                     )
                 )
-        return self.store.deliver(copies)
+        return copies
+
+    def queue_entries(
+        self, message: bytes, envelope: Envelope, info: trace.TraceInfo, now: float
+    ) -> list[NewQueued]:
+        """The outbound queue entries for the remote recipients of `envelope` (and remote
+        alias targets), one per destination domain, each recipient once.
+
+        NOTIFY and ORCPT come from the RCPT parameters (RFC 3461 §5.2.7: an alias target
+        carries the original recipient as ORCPT when none was given), RET, ENVID, SMTPUTF8
+        and BODY from MAIL's. The body is `message` itself, shared with the local copies;
+        this hop's Received field is the entry's prefix ("for" only with one recipient).
+        """
+        by_domain: dict[str, list[QueueRecipient]] = {}
+        seen: set[str] = set()
+        for n, (rcpt, res) in enumerate(envelope.rcpts):
+            args = envelope.rcpt_args[n] if n < len(envelope.rcpt_args) else None
+            for target in res.remote:
+                key = target.lower()
+                if key in seen:
+                    continue
+                seen.add(key)
+                orcpt = args.orcpt[1] if args is not None and args.orcpt is not None else None
+                if orcpt is None and key != rcpt.lower():
+                    orcpt = rcpt
+                notify = args.notify if args is not None else None
+                domain = target.rpartition("@")[2].lower()
+                by_domain.setdefault(domain, []).append(QueueRecipient(target, notify, orcpt))
+        mail = envelope.mail
+        body_8bit = (mail.body == "8BITMIME") if mail is not None else False
+        entries: list[NewQueued] = []
+        for domain, rcpts in by_domain.items():
+            single = rcpts[0].address if len(rcpts) == 1 else None
+            entries.append(
+                NewQueued(
+                    queue_id=info.queue_id,
+                    mail_from=envelope.mail_from,
+                    recipients=tuple(rcpts),
+                    domain=domain,
+                    body=message,
+                    envid=mail.envid if mail is not None else None,
+                    ret=mail.ret if mail is not None else None,
+                    smtputf8=mail.smtputf8 if mail is not None else False,
+                    body_8bit=body_8bit or not message.isascii(),
+                    prefix=trace.received(info, single, now),
+                )
+            )
+        return entries
+
+    def dsn_delivery(self, message: bytes, to: str) -> tuple[list[NewMessage], list[NewQueued]]:
+        """The store writes that deliver a DSN (from <>) to `to`: local copies if `to` is
+        ours, else a queue entry (the queue runner's `DSNSink`). Nothing if `to` is a local
+        address that no longer exists: there is nobody to tell."""
+        try:
+            mailbox = parse_mailbox(to)
+        except AddressError:
+            return [], []
+        queue_id = trace.new_queue_id()
+        info = trace.TraceInfo(
+            helo=self.config.hostname,
+            client_ip="127.0.0.1",
+            hostname=self.config.hostname,
+            queue_id=queue_id,
+            protocol="local",
+            hidden=True,
+        )
+        if mailbox.domain and not self.is_local_domain(mailbox.domain):
+            res = Resolution(codes.RECIPIENT_OK, remote=(str(mailbox),))
+        else:
+            res = self.resolve(mailbox)
+            if not res.accepted:
+                return [], []
+        envelope = Envelope(mail_from="", rcpts=[(str(mailbox), res)])
+        now = self.clock.now()
+        return (
+            self._copies(message, envelope, info, now),
+            self.queue_entries(message, envelope, info, now),
+        )

@@ -216,7 +216,8 @@ def server(make_server: Callable[..., Server]) -> Server:
 
 def require_tool(name: str) -> str:
     """A Debian client the test drives; in CI its absence is an error, elsewhere a skip."""
-    path = shutil.which(name)
+    # Debian puts some of them (Postfix's smtp-sink) in /usr/sbin, off a normal user's PATH.
+    path = shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
     if path is None:
         if os.environ.get("CI"):
             pytest.fail(f"{name} is not installed (.ci/run should install it)")

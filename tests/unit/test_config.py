@@ -262,6 +262,7 @@ ERRORS: list[tuple[dict[str, Any], str, str]] = [
     ({**H, "auth": {"lockout": "-1s"}}, "auth.lockout", "such as"),
     ({**H, "pop3": {"idle_timeout": 0}}, "pop3.idle_timeout", "positive"),
     ({**H, "submission": {"from_check": "warn"}}, "submission.from_check", "reject"),
+    ({**H, "imap": {"idle_timeout": 0}}, "imap.idle_timeout", "positive"),
     ({**H, "submission": {"hide_client": "no"}}, "submission.hide_client", "true"),
     ({**H, "pop3": {"allow_plaintext_loopback": "yes"}}, "pop3.allow_plaintext_loopback", "true"),
     ({**H, "pop3": {"allow_plaintext_loopback": 1}}, "pop3.allow_plaintext_loopback", "true"),
@@ -277,7 +278,9 @@ def test_error_names_the_dotted_key(data: dict[str, Any], key: str, fragment: st
 
 
 def test_every_known_key_has_an_error_case() -> None:
-    tested = {key.split("[")[0] for _, key, _ in ERRORS}
+    from tests.unit.test_queue_config import ERRORS as QUEUE_ERRORS
+
+    tested = {key.split("[")[0] for _, key, _ in [*ERRORS, *QUEUE_ERRORS]}
     assert set(known_keys()) <= tested
 
 

@@ -32,13 +32,16 @@ from homing.config.model import (
     AuthConfig,
     Config,
     DNSConfig,
+    IMAPConfig,
     LimitsConfig,
     ListenAddress,
     ListenConfig,
     LogConfig,
+    OutboundConfig,
     POP3Config,
-    SubmissionConfig,
+    QueueConfig,
     SMTPConfig,
+    SubmissionConfig,
     TLSConfig,
 )
 from homing.mail.address import parse_domain
@@ -474,7 +477,44 @@ class _Addresses:
         return "[" + ", ".join(_toml_string(str(address)) for address in value) + "]"
 
 
-_Kind = _Integer | _Size | _Duration | _Choice | _Text | _Boolean | _Addresses
+@dataclass(frozen=True, slots=True)
+class _Host(_Scalar):
+    """A host name (as `hostname`), or "" for "not set"; with `literal`, an IP address too
+    (IPv6 with or without brackets)."""
+
+    literal: bool = False
+
+    def check(self, raw: object) -> str:
+        if raw == "":
+            return ""
+        if self.literal and isinstance(raw, str):
+            inner = raw[1:-1] if raw.startswith("[") and raw.endswith("]") else raw
+            try:
+                return str(ipaddress.ip_address(inner))
+            except ValueError:
+                pass
+        return _check_hostname(raw)
+
+    def render(self, value: str) -> str:
+        return _toml_string(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _PathText(_Scalar):
+    """A file name, kept as written ("" for none); resolved by its user."""
+
+    def check(self, raw: object) -> str:
+        if not isinstance(raw, str):
+            raise ValueError(f"must be a path string, got {_type_name(raw)}")
+        if "\x00" in raw or not raw.isprintable():
+            raise ValueError(f"must be a printable path, got {_shown(raw)}")
+        return raw
+
+    def render(self, value: str) -> str:
+        return _toml_string(value)
+
+
+_Kind = _Integer | _Size | _Duration | _Choice | _Text | _Boolean | _Addresses | _Host | _PathText
 
 
 def _in_range(
@@ -587,6 +627,15 @@ _SECTIONS = (
         "Brute-force protection for every login (SMTP AUTH, IMAP, POP3).",
     ),
     _Section(
+        "imap",
+        IMAPConfig,
+        (
+            # RFC 9051 §5.4: an inactivity autologout timer of at least 30 minutes.
+            _Key("idle_timeout", _Duration(), "idle time before a session is closed (RFC: 30m)"),
+        ),
+        "The IMAP server (ports 143 and 993).",
+    ),
+    _Section(
         "pop3",
         POP3Config,
         (
@@ -625,6 +674,54 @@ _SECTIONS = (
             _Key("timeout", _Duration(maximum=300.0), "time before one DNS query is abandoned"),
         ),
         "How MX, A and AAAA records are looked up.",
+    ),
+    _Section(
+        "outbound",
+        OutboundConfig,
+        (
+            _Key("port", _Integer(1, 65535), "port of remote mail exchangers"),
+            _Key("helo_name", _Host(), 'name sent in EHLO ("" means hostname)'),
+            _Key("require_tls", _Boolean(), "defer rather than send in clear (no STARTTLS)"),
+            _Key("ipv6", _Boolean(), "connect to IPv6 addresses of mail exchangers"),
+            _Key("connect_timeout", _Duration(maximum=600.0), "time allowed to connect"),
+            _Key("max_mx", _Integer(1, 100), "mail exchangers tried per attempt"),
+            _Key(
+                "max_sessions_per_attempt",
+                _Integer(1, 100),
+                "SMTP sessions past the greeting per attempt",
+            ),
+            _Key("smarthost", _Host(literal=True), 'relay all mail through this host ("": off)'),
+            _Key("smarthost_port", _Integer(1, 65535), "port of the smarthost"),
+            _Key(
+                "smarthost_tls",
+                _Choice(("starttls", "implicit", "opportunistic", "none")),
+                "starttls, implicit, opportunistic or none",
+            ),
+            _Key("smarthost_tls_verify", _Boolean(), "check the smarthost's certificate"),
+            _Key("smarthost_username", _Text(255), 'AUTH PLAIN user ("": no AUTH)'),
+            _Key(
+                "smarthost_password_file",
+                _PathText(),
+                "file with the smarthost password, relative to data_dir",
+            ),
+        ),
+        "Mail to remote domains: MX lookup, SMTP client, optional smarthost.",
+    ),
+    _Section(
+        "queue",
+        QueueConfig,
+        (
+            _Key("first_retry", _Duration(), "wait after the first failed attempt"),
+            _Key("max_interval", _Duration(), "longest wait between two attempts"),
+            _Key(
+                "warn_after",
+                _Duration(positive=False),
+                "delay warning to the sender after this long (0: never)",
+            ),
+            _Key("give_up_after", _Duration(), "return the message to its sender after this long"),
+            _Key("concurrency", _Integer(1, 10000), "domains delivered to at the same time"),
+        ),
+        "Retries, delay warnings and bounces of queued outbound mail.",
     ),
     _Section(
         "log",
@@ -693,6 +790,7 @@ def parse_config(
     for section in _SECTIONS:
         sections[section.name] = _parse_section(section, _table(data, section.name))
     _check_listen_conflicts(sections["listen"])
+    _check_queue(sections["queue"])
     return Config(
         hostname=hostname,
         data_dir=data_dir,
@@ -793,6 +891,15 @@ def _check_listen_conflicts(listen: ListenConfig) -> None:
                     how = "is already used by" if address == other else "overlaps"
                     raise ConfigError(f"{address} {how} {other_key} ({other})", key=key)
             seen.append((key, address))
+
+
+def _check_queue(queue: QueueConfig) -> None:
+    if queue.max_interval < queue.first_retry:
+        raise ConfigError(
+            f"must be at least queue.first_retry ({format_duration(queue.first_retry)}), "
+            f"got {format_duration(queue.max_interval)}",
+            key="queue.max_interval",
+        )
 
 
 def _overlaps(first: ListenAddress, second: ListenAddress) -> bool:

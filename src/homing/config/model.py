@@ -128,6 +128,16 @@ class POP3Config:
 
 
 @dataclass(frozen=True, slots=True)
+class IMAPConfig:
+    """`[imap]`: the IMAP server (ports 143 and 993)."""
+
+    idle_timeout: float = 1800.0
+    """Seconds without a command before the session is closed (RFC 9051 §5.4: the
+    inactivity autologout timer is at least 30 minutes). A client in IDLE is never timed
+    out: it hears "* OK Still here" every two minutes instead."""
+
+
+@dataclass(frozen=True, slots=True)
 class SubmissionConfig:
     """`[submission]`: mail from your users' programs (ports 587 and 465, RFC 6409)."""
 
@@ -146,6 +156,64 @@ class DNSConfig:
     """"host:port" of DNS servers to ask instead of the system resolver (/etc/resolv.conf)."""
     timeout: float = 5.0
     """Seconds before one DNS query is abandoned (the lookup is then deferred, never guessed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundConfig:
+    """`[outbound]`: how mail for remote domains is sent (the SMTP client)."""
+
+    port: int = 25
+    """Port of the remote mail exchangers (25; another value is for tests and odd networks)."""
+    helo_name: str = ""
+    """Name sent in EHLO/HELO; empty means `hostname`."""
+    require_tls: bool = False
+    """Never send mail in clear: a server without STARTTLS is deferred instead. Off by
+    default: opportunistic TLS (RFC 7435) is used whenever a server offers it."""
+    ipv6: bool = True
+    """Connect to IPv6 addresses of mail exchangers (turn off on hosts without IPv6)."""
+    connect_timeout: float = 30.0
+    """Seconds to wait for a TCP connection to a mail exchanger before trying the next."""
+    max_mx: int = 5
+    """Mail exchangers tried at most per delivery attempt (RFC 5321 §5.1)."""
+    max_sessions_per_attempt: int = 2
+    """SMTP sessions that get past the greeting, at most, per delivery attempt (as Postfix's
+    smtp_mx_session_limit); connections that fail earlier do not count."""
+    smarthost: str = ""
+    """Send all outbound mail through this relay host (name or IP address) instead of
+    looking up MX records; empty: deliver directly."""
+    smarthost_port: int = 587
+    """Port of the smarthost."""
+    smarthost_tls: str = "starttls"
+    """"starttls" (required), "implicit" (TLS from the first byte, port 465),
+    "opportunistic" (STARTTLS when offered) or "none"."""
+    smarthost_tls_verify: bool = True
+    """Check the smarthost's certificate against the system's CAs and its name."""
+    smarthost_username: str = ""
+    """AUTH PLAIN user name for the smarthost (RFC 4954); empty: no AUTH."""
+    smarthost_password_file: str = ""
+    """File holding the smarthost password (first line); relative to data_dir."""
+
+    def password_path(self, data_dir: Path) -> Path | None:
+        if not self.smarthost_password_file:
+            return None
+        path = Path(self.smarthost_password_file).expanduser()
+        return path if path.is_absolute() else data_dir / path
+
+
+@dataclass(frozen=True, slots=True)
+class QueueConfig:
+    """`[queue]`: when queued mail is retried, when its sender is warned, when it is returned."""
+
+    first_retry: float = 15 * 60.0
+    """Wait after the first failed attempt; also the shortest wait between two attempts."""
+    max_interval: float = 3600.0
+    """Longest wait between two attempts (the wait grows x1.5 per attempt up to this)."""
+    warn_after: float = 4 * 3600.0
+    """Send the sender one delay warning (DSN) after this long in the queue; 0: never."""
+    give_up_after: float = 5 * 86400.0
+    """Return the message to its sender (failure DSN) after this long in the queue."""
+    concurrency: int = 20
+    """Destination domains delivered to at the same time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,9 +239,12 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    imap: IMAPConfig = field(default_factory=IMAPConfig)
     pop3: POP3Config = field(default_factory=POP3Config)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
+    outbound: OutboundConfig = field(default_factory=OutboundConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
     log: LogConfig = field(default_factory=LogConfig)
     config_path: Path | None = None
     """The file this was loaded from, if any (not a TOML key)."""

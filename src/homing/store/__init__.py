@@ -25,6 +25,15 @@ from homing.store.model import (
 from homing.store.names import address_key, domain_key
 from homing.store.passwords import Credentials, make_credentials, saslprep, verify_password
 from homing.store.schema import SCHEMA_VERSION
+from homing.store.spool import (
+    NewQueued,
+    QueuedRecipient,
+    QueueEntry,
+    QueueRecipient,
+    QueueUpdate,
+    RecipientUpdate,
+    Spool,
+)
 from homing.store.sqlitestore import DEFAULT_MAILBOXES, Store
 
 __all__ = [
@@ -41,8 +50,15 @@ __all__ = [
     "MailboxInfo",
     "MessageInfo",
     "NewMessage",
+    "NewQueued",
     "NotFound",
+    "QueueEntry",
+    "QueueRecipient",
+    "QueueUpdate",
+    "QueuedRecipient",
+    "RecipientUpdate",
     "SchemaTooNew",
+    "Spool",
     "SqliteBodyStore",
     "Store",
     "StoreClosed",

@@ -166,8 +166,53 @@ _V2 = (
     "INSERT INTO secrets (name, value) VALUES ('scram', randomblob(32))",
 )
 
+_V3 = (
+    # The outbound queue (homing.store.spool): one row per (accepted message, destination
+    # domain); its body is a `bodies` row, counted in `refcount` like a message's.
+    """CREATE TABLE queue (
+        id INTEGER PRIMARY KEY,
+        entry TEXT NOT NULL UNIQUE,
+        queue_id TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        mail_from TEXT NOT NULL,
+        envid TEXT,
+        ret TEXT CHECK (ret IN ('FULL', 'HDRS')),
+        smtputf8 INTEGER NOT NULL DEFAULT 0,
+        body_8bit INTEGER NOT NULL DEFAULT 0,
+        body_id INTEGER NOT NULL REFERENCES bodies(id),
+        prefix BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        created REAL NOT NULL,
+        next_attempt REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_attempt REAL,
+        warned INTEGER NOT NULL DEFAULT 0,
+        held INTEGER NOT NULL DEFAULT 0,
+        bounce INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT
+    )""",
+    "CREATE INDEX queue_due ON queue(held, next_attempt)",
+    "CREATE INDEX queue_queue_id ON queue(queue_id)",
+    "CREATE INDEX queue_body ON queue(body_id)",
+    """CREATE TABLE queue_rcpts (
+        entry_id INTEGER NOT NULL REFERENCES queue(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        notify TEXT,
+        orcpt TEXT,
+        state TEXT NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'deferred', 'delivered', 'failed')),
+        reply_code INTEGER,
+        reply_status TEXT,
+        reply_text TEXT,
+        remote_mta TEXT,
+        updated REAL,
+        PRIMARY KEY (entry_id, idx)
+    ) WITHOUT ROWID""",
+)
+
 #: MIGRATIONS[i] upgrades schema version i to i + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -55,6 +55,7 @@ from homing.store.model import (
 )
 from homing.store.names import INBOX, SEPARATOR
 from homing.store.passwords import Credentials
+from homing.store.spool import NewQueued, Spool, check_new, tx_enqueue
 from homing.store.writer import Tx, Writer, translate
 
 log = logging.getLogger("homing.store")
@@ -169,12 +170,34 @@ def _failed(exc: BaseException) -> Future[Any]:
 
 @dataclass(slots=True)
 class _Body:
-    """One distinct body of a delivery, with everything the writer stores for it."""
+    """One distinct body of a delivery, with everything the writer stores for it.
+
+    `parsed` is None for a body only queue entries use (never shown over IMAP)."""
 
     data: bytes
-    parsed: ParsedMessage
+    parsed: ParsedMessage | None
     partmap: bytes
     refs: int = 0
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """Everything one `deliver` (or queue record) job writes, prepared off the writer."""
+
+    bodies: list[_Body]
+    copies: list[_Copy]
+    queued: list[NewQueued]
+    queued_bodies: list[int]
+    """Index into `bodies` of each of `queued`."""
+    now: float
+
+    @property
+    def empty(self) -> bool:
+        return not self.copies and not self.queued
+
+    @property
+    def cost(self) -> int:
+        return sum(len(b.data) for b in self.bodies) + sum(len(c.prefix) for c in self.copies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +239,8 @@ class Store:
         self._writer = Writer(
             conn, publish=self._publish, max_jobs=max_batch_jobs, max_bytes=max_batch_bytes
         )
+        self.spool = Spool(self)
+        """The outbound queue (homing.store.spool)."""
 
     @classmethod
     def open(
@@ -1031,21 +1056,50 @@ class Store:
 
     # -- messages: delivery and append ------------------------------------------------------
 
-    def deliver(self, messages: Sequence[NewMessage]) -> Future[list[StoredMessage]]:
-        """Store copies of messages, all or none; the future resolves after the COMMIT.
+    def deliver(
+        self, messages: Sequence[NewMessage], queued: Sequence[NewQueued] = ()
+    ) -> Future[list[StoredMessage]]:
+        """Store copies of messages and queue entries for remote domains, all or none; the
+        future resolves after the COMMIT (and its fsync).
 
-        Never blocks (safe on an event loop: `await asyncio.wrap_future(...)`). Copies in one
-        call whose `body` bytes are equal share one body row. Errors (an unknown mailbox,
-        an invalid flag) arrive on the future.
+        Never blocks (safe on an event loop: `await asyncio.wrap_future(...)`). Copies and
+        entries in one call whose `body` bytes are equal share one body row. Errors (an
+        unknown mailbox, an invalid flag) arrive on the future. Queue subscribers
+        (`spool.subscribe`) are told after the commit.
         """
         try:
-            bodies, copies = self._prepare_delivery(messages)
+            prepared = self._prepare_delivery_all(messages, queued)
         except Exception as exc:
             return _failed(exc)
-        if not copies:
+        if prepared.empty:
             return _completed([])
-        cost = sum(len(b.data) for b in bodies) + sum(len(c.prefix) for c in copies)
-        return self._submit(lambda tx: self._tx_deliver(tx, bodies, copies), cost)
+        future = self._submit(lambda tx: self._tx_deliver_all(tx, prepared), prepared.cost)
+        if prepared.queued:
+            self.spool.notify_after(future)
+        return future
+
+    def _prepare_delivery_all(
+        self, messages: Sequence[NewMessage], queued: Sequence[NewQueued]
+    ) -> _Delivery:
+        bodies, copies = self._prepare_delivery(messages)
+        index = {b.data: i for i, b in enumerate(bodies)}
+        positions: list[int] = []
+        for q in queued:
+            check_new(q)
+            i = index.get(q.body)
+            if i is None:
+                i = index[q.body] = len(bodies)
+                bodies.append(_Body(q.body, None, b""))
+            bodies[i].refs += 1
+            positions.append(i)
+        return _Delivery(bodies, copies, list(queued), positions, self._clock.now())
+
+    def _tx_deliver_all(self, tx: Tx, d: _Delivery) -> list[StoredMessage]:
+        body_ids = self._tx_put_bodies(tx, d.bodies)
+        stored = self._tx_copies(tx, body_ids, d.copies)
+        if d.queued:
+            tx_enqueue(tx, d.queued, [body_ids[i] for i in d.queued_bodies], d.now)
+        return stored
 
     def _prepare_delivery(self, messages: Sequence[NewMessage]) -> tuple[list[_Body], list[_Copy]]:
         """Everything but SQL, done on the caller's thread to keep the writer fast."""
@@ -1074,7 +1128,7 @@ class Store:
             )
         return bodies, copies
 
-    def _tx_deliver(self, tx: Tx, bodies: list[_Body], copies: list[_Copy]) -> list[StoredMessage]:
+    def _tx_put_bodies(self, tx: Tx, bodies: list[_Body]) -> list[int]:
         conn = tx.conn
         body_ids: list[int] = []
         for b in bodies:
@@ -1086,18 +1140,22 @@ class Store:
                 (
                     b.refs,
                     len(b.data),
-                    p.envelope,
-                    p.bodystructure,
-                    p.body,
+                    b"" if p is None else p.envelope,
+                    b"" if p is None else p.bodystructure,
+                    b"" if p is None else p.body,
                     b.partmap,
-                    p.message_id,
-                    p.subject,
-                    int(bool(p.has_8bit)),
+                    None if p is None else p.message_id,
+                    None if p is None else p.subject,
+                    int(not b.data.isascii()) if p is None else int(bool(p.has_8bit)),
                 ),
             )
             assert row is not None
             self._bodies.put(conn, row[0], b.data)
             body_ids.append(row[0])
+        return body_ids
+
+    def _tx_copies(self, tx: Tx, body_ids: list[int], copies: list[_Copy]) -> list[StoredMessage]:
+        conn = tx.conn
         stored: list[StoredMessage] = []
         new: dict[tuple[int, int], list[int]] = {}
         for c in copies:
@@ -1363,7 +1421,8 @@ class Store:
                 for bid, rc, n in _rows(
                     conn,
                     "SELECT b.id, b.refcount, (SELECT COUNT(*) FROM messages m"
-                    " WHERE m.body_id = b.id) AS n FROM bodies b WHERE b.refcount != n",
+                    " WHERE m.body_id = b.id) + (SELECT COUNT(*) FROM queue q"
+                    " WHERE q.body_id = b.id) AS n FROM bodies b WHERE b.refcount != n",
                 )
             ]
             problems += [
@@ -1403,4 +1462,5 @@ class Store:
                 )
             ]
             problems += self._bodies.check(conn)
+            problems += Spool.check(conn)
         return problems
