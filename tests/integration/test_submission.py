@@ -203,3 +203,44 @@ def test_brute_force_lockout_is_per_ip(make_server: Callable[..., Server]) -> No
     assert attempt(PASSWORD)[0] in (421, 454)
     # Another client address is not locked out.
     assert attempt(PASSWORD, source="127.0.0.2")[0] == 235
+
+
+def test_homing_send_composes_mime_and_submits(msa: Server, tmp_path: Path) -> None:
+    import email
+    import email.policy
+
+    from tests.integration.conftest import HOMING
+
+    report = tmp_path / "Résumé 2026.pdf"
+    report.write_bytes(b"%PDF-1.4 fake\x00\xff")
+    out = subprocess.run(
+        [*HOMING, "--config", str(msa.config), "send", "--from", ALICE, "--to", BOB,
+         "--subject", "Grüße aus Köln", "--attach", str(report)],
+        input="Hallo Bob,\nanbei der Bericht.\n", capture_output=True, text=True, timeout=60,
+        env={"HOMING_PASSWORD": PASSWORD, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    queue_id = out.stdout.strip()
+    raw = msa.message(BOB, 1)
+    assert f"id {queue_id}".encode() in raw  # the id printed is the one in the Received header
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["Subject"] == "Grüße aus Köln"
+    assert b"Subject: =?utf-8?" in raw  # RFC 2047 on the wire
+    parts = list(msg.iter_attachments())
+    assert [p.get_filename() for p in parts] == ["Résumé 2026.pdf"]
+    assert parts[0].get_content_type() == "application/pdf"
+    assert parts[0].get_content() == b"%PDF-1.4 fake\x00\xff"
+    body = msg.get_body(preferencelist=("plain",))
+    assert body is not None and "anbei der Bericht" in body.get_content()
+
+
+def test_homing_send_wrong_password_fails_cleanly(msa: Server) -> None:
+    from tests.integration.conftest import HOMING
+
+    out = subprocess.run(
+        [*HOMING, "--config", str(msa.config), "send", "--from", ALICE, "--to", BOB],
+        input="x\n", capture_output=True, text=True, timeout=60,
+        env={"HOMING_PASSWORD": "wrong", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "535" in out.stderr and "Traceback" not in out.stderr

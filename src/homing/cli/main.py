@@ -15,6 +15,7 @@ from homing.cli.init import init
 from homing.cli.mailbox import mailbox
 from homing.cli.message import message
 from homing.cli.queue import queue
+from homing.cli.send import send
 from homing.cli.sendmail import sendmail
 from homing.cli.serve import serve
 
@@ -40,7 +41,7 @@ def cli(ctx: click.Context, config_option: str | None) -> None:
     ctx.obj = State(config_option)
 
 
-for command in (init, serve, domain, account, alias, mailbox, message, sendmail, queue):
+for command in (init, serve, domain, account, alias, mailbox, message, send, sendmail, queue):
     cli.add_command(command)
 
 

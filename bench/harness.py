@@ -1,0 +1,889 @@
+"""Side-by-side benchmarks: Homing against Postfix and Dovecot, on this machine, in one run.
+
+`bench/run` (see bench/README.md) calls this. Theory of operation:
+
+- A *scenario* is one function decorated with `@scenario(key, title, peer, needs)`. It is a
+  generator: it gets (or starts) the servers it needs from the `Context`, then yields a list of
+  `Case`s and returns; the servers stay up until the whole run ends. Its docstring is printed
+  in the results as the description of what it measures. Adding a scenario is adding one such
+  function.
+- A *case* is a pair of callables, one run against Homing and one against the peer, each
+  returning its figures (`{"rate": 812.0, ...}`) for the case's `Metric`s. The runner calls
+  them interleaved, Homing, peer, Homing, peer, for `--rounds` rounds, so a machine that
+  drifts (other tenants, thermal, page cache) drifts under both. Ratios Homing/peer are
+  computed per round (paired) and reported as median and min-max, beside each side's
+  median and min-max.
+- Everything listens on 127.0.0.1 only; every run is bounded by a message count and a time
+  limit; peers run from a temporary directory and are stopped by PID at the end, also on
+  Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import importlib.metadata
+import math
+import os
+import platform
+import shutil
+import signal
+import stat
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import TypeVar
+
+import peers
+import pop3_retr
+import smtp_accept
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+SENDER = "bench@remote.example"
+# the account bench/smtp_accept.py and bench/pop3_retr.py create, which the peers get too
+assert (peers.USER, peers.PASSWORD) == (pop3_retr.USER, pop3_retr.PASSWORD)
+T = TypeVar("T")
+
+# --- what a scenario declares ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    higher_is_better: bool
+
+
+Figures = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One comparison: `homing()` and `peer()` each run once per round and return figures."""
+
+    name: str
+    metrics: tuple[Metric, ...]
+    homing: Callable[[], Figures]
+    peer: Callable[[], Figures]
+    #: the project's goal per metric key, as a ratio Homing/peer (">= 1.0" or "<= 1.0"
+    #: depending on the metric's direction)
+    targets: dict[str, float] = field(default_factory=dict)
+    #: one untimed run of each side first (caches, indexes, page cache)
+    warmup: bool = False
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    title: str
+    peer: str
+    needs: tuple[str, ...]  # Debian packages
+    setup: Callable[[Context], AbstractContextManager[list[Case]]]
+    description: str
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+ScenarioFunction = Callable[["Context"], Iterator[list[Case]]]
+
+
+def scenario(
+    key: str, title: str, peer: str, needs: tuple[str, ...]
+) -> Callable[[ScenarioFunction], ScenarioFunction]:
+    """Register a scenario: a generator that yields its cases once its servers are up."""
+
+    def register(function: ScenarioFunction) -> ScenarioFunction:
+        doc = " ".join((function.__doc__ or "").split())
+        SCENARIOS[key] = Scenario(key, title, peer, needs, contextmanager(function), doc)
+        return function
+
+    return register
+
+
+@dataclass(frozen=True)
+class Options:
+    quick: bool
+    rounds: int
+    smtp_messages: int  # per concurrency level, per side, per round
+    smtp_levels: tuple[int, ...]
+    latency_transactions: int
+    latency_concurrency: int
+    pop3_messages: int
+    message_size: int
+    pop3_window: int
+    max_seconds: float  # one run of one side
+
+
+# --- the servers -----------------------------------------------------------------------------
+
+
+@dataclass
+class Homing:
+    """A `homing serve` process started by bench/smtp_accept.py's or bench/pop3_retr.py's setup."""
+
+    process: subprocess.Popen[bytes]
+    ports: dict[str, int]
+    log: Path
+
+    def cpu_seconds(self) -> float:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"homing serve exited; its log:\n{peers.tail(self.log)}")
+        return peers.tree_cpu_seconds(self.process.pid)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+class Context:
+    """The run's options and temporary directory, and the servers, started on first use and
+    shared by the scenarios that need the same one (all stopped when the run ends)."""
+
+    def __init__(self, options: Options, base: Path, stack: ExitStack) -> None:
+        self.options = options
+        self.base = base
+        self._stack = stack
+        self._servers: dict[str, object] = {}
+
+    def _once(self, name: str, start: Callable[[], T], stop: Callable[[T], None]) -> T:
+        if name not in self._servers:
+            print(f"  starting {name}", flush=True)
+            server = start()
+            self._stack.callback(stop, server)
+            self._servers[name] = server
+        return self._servers[name]  # type: ignore[return-value]
+
+    def homing_smtp(self) -> Homing:
+        """Homing with only its port-25 service, on 127.0.0.1, one account USER."""
+
+        def start() -> Homing:
+            base = self.base / "homing-smtp"
+            base.mkdir()
+            process, (_, port) = smtp_accept.start_homing(base)
+            return Homing(process, {"smtp": port}, base / "serve.log")
+
+        return self._once("homing (smtp)", start, Homing.stop)
+
+    def homing_pop3(self, messages: int) -> Homing:
+        """Homing with POP3 on 127.0.0.1 and USER's INBOX filled through the store API."""
+
+        def start() -> Homing:
+            base = self.base / "homing-pop3"
+            base.mkdir()
+            config = pop3_retr.set_up(base, messages, self.options.message_size)
+            process, ports = pop3_retr.start_homing(config, base / "serve.log")
+            return Homing(process, ports, base / "serve.log")
+
+        return self._once("homing (pop3)", start, Homing.stop)
+
+    def postfix(self) -> peers.Postfix:
+        return self._once(
+            "postfix", lambda: peers.Postfix.start(self.base / "postfix"), peers.Postfix.stop
+        )
+
+    def dovecot(self) -> peers.Dovecot:
+        """Dovecot serving every protocol installed (the scenarios' packages are)."""
+        packages = (("pop3", "dovecot-pop3d"), ("imap", "dovecot-imapd"))
+        protocols = [name for name, package in packages if peers.debian_installed(package)]
+        return self._once(
+            "dovecot",
+            lambda: peers.Dovecot.start(self.base / "dovecot", protocols),
+            peers.Dovecot.stop,
+        )
+
+
+# --- clients ---------------------------------------------------------------------------------
+
+
+def smtp_source_path() -> str | None:
+    return shutil.which("smtp-source") or (
+        "/usr/sbin/smtp-source" if Path("/usr/sbin/smtp-source").exists() else None
+    )
+
+
+def smtp_source(port: int, count: int, concurrency: int, size: int, timeout: float) -> float:
+    """Postfix's own load generator: `count` messages of `size` bytes, one per connection,
+    `concurrency` sessions in parallel. Returns the wall-clock seconds it took."""
+    source = smtp_source_path()
+    if source is None:
+        raise SystemExit("smtp-source not found (Debian package postfix)")
+    started = time.perf_counter()
+    done = subprocess.run(
+        [source, "-s", str(concurrency), "-m", str(count), "-l", str(size), "-f", SENDER,
+         "-t", peers.USER, "-M", "bench.client", f"127.0.0.1:{port}"],
+        capture_output=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"smtp-source failed: {done.stderr.decode(errors='replace')}")
+    return time.perf_counter() - started
+
+
+async def _reply(reader: asyncio.StreamReader, code: bytes) -> bytes:
+    """One whole (possibly multi-line, RFC 5321 §4.2.1) reply, which must have `code`."""
+    text = b""
+    while True:
+        line = await reader.readline()
+        if not line.endswith(b"\n"):
+            raise ConnectionError(f"connection closed after {text!r}")
+        text += line
+        if line[3:4] != b"-":
+            break
+    if not text.startswith(code):
+        raise RuntimeError(f"expected {code.decode()}, got {text!r}")
+    return text
+
+
+async def smtp_transaction(port: int, message: bytes) -> float:
+    """One SMTP transaction on a new connection; seconds from connect() to the 250 after
+    the message data. MAIL, RCPT and DATA go in one write when PIPELINING is offered
+    (RFC 2920 §3.1: DATA ends the group)."""
+    started = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await _reply(reader, b"220")
+        writer.write(b"EHLO bench.client\r\n")
+        pipelining = b"PIPELINING" in (await _reply(reader, b"250")).upper()
+        commands = (f"MAIL FROM:<{SENDER}>\r\n".encode(), f"RCPT TO:<{peers.USER}>\r\n".encode())
+        if pipelining:
+            writer.write(b"".join(commands) + b"DATA\r\n")
+            await _reply(reader, b"250")
+            await _reply(reader, b"250")
+        else:
+            for command in commands:
+                writer.write(command)
+                await _reply(reader, b"250")
+            writer.write(b"DATA\r\n")
+        await _reply(reader, b"354")
+        writer.write(message + b".\r\n")
+        await _reply(reader, b"250")
+        elapsed = time.perf_counter() - started
+        writer.write(b"QUIT\r\n")
+        await _reply(reader, b"221")
+        return elapsed
+    finally:
+        writer.close()
+
+
+async def _latencies(port: int, count: int, concurrency: int, seconds: float) -> list[float]:
+    message = smtp_accept.MESSAGE
+    deadline = time.monotonic() + seconds
+    results: list[float] = []
+    remaining = count
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0 and time.monotonic() < deadline:
+            remaining -= 1
+            results.append(await asyncio.wait_for(smtp_transaction(port, message), 60))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    if len(results) < count:
+        raise RuntimeError(f"only {len(results)} of {count} transactions in {seconds:.0f}s")
+    return results
+
+
+def latencies(port: int, count: int, concurrency: int, seconds: float) -> list[float]:
+    """Seconds per transaction, `count` of them at `concurrency` (uvloop when installed,
+    so the client takes as little of the shared CPU as it can)."""
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_latencies(port, count, concurrency, seconds))
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (the smallest value with at least p% of values at or below)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def pop3_retr_all(
+    port: int, messages: int, window: int, seconds: float, cpu_seconds: Callable[[], float]
+) -> Figures:
+    """Log in as USER, LIST, then RETR every message, `window` RETRs in flight, with
+    bench/pop3_retr.py's lean client; each message checked against its LIST size. Returns
+    the RETR phase's messages/s and server CPU per 1,000 messages (login excluded: Homing
+    hashes passwords with argon2id, the throwaway Dovecot compares plain text)."""
+    client = pop3_retr.Client(port, tls=False)
+    try:
+        assert client.command(b"USER " + peers.USER.encode()).startswith(b"+OK")
+        answer = client.command(b"PASS " + peers.PASSWORD.encode())
+        assert answer.startswith(b"+OK"), answer
+        assert client.command(b"LIST").startswith(b"+OK")
+        start = client.pos
+        client.multiline()
+        listing = bytes(client.buf[start : client.pos - 3]).split(b"\r\n")
+        sizes = [int(line.split()[1]) for line in listing if line]
+        if len(sizes) != messages:
+            raise RuntimeError(f"INBOX holds {len(sizes)} messages, expected {messages}")
+        deadline = time.monotonic() + seconds
+        cpu = cpu_seconds()
+        started = time.perf_counter()
+        sent = done = 0
+        while done < messages:
+            if sent - done <= window // 2 and sent < messages:
+                batch = range(sent + 1, min(messages, done + window) + 1)
+                client.sock.sendall(b"".join(b"RETR %d\r\n" % n for n in batch))
+                sent = batch[-1]
+            status = client.line()
+            assert status.startswith(b"+OK"), status
+            got = client.multiline(sizes[done])
+            assert got >= sizes[done], (done, got, sizes[done])  # dot-stuffing may add bytes
+            done += 1
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"RETR of {messages} messages took over {seconds:.0f}s")
+        elapsed = time.perf_counter() - started
+        cpu = cpu_seconds() - cpu
+        assert client.command(b"QUIT").startswith(b"+OK")
+        return {"rate": messages / elapsed, "cpu": 1000 * cpu / messages}
+    finally:
+        client.sock.close()
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+RATE = Metric("rate", "messages/s", higher_is_better=True)
+CPU = Metric("cpu", "server CPU s per 1,000 messages", higher_is_better=False)
+
+
+@scenario("smtp", "SMTP acceptance, durable", "Postfix", needs=("postfix",))
+def smtp_acceptance(ctx: Context) -> Iterator[list[Case]]:
+    """Postfix's `smtp-source` sends messages of 10 KiB, one per connection, one recipient,
+    at concurrency 1, 10 and 50, to Homing's port-25 service and to a throwaway Postfix smtpd
+    (default durability: the queue file is fsync'd before the 250; delivery by virtual(8) to
+    a Maildir). Homing answers 250 once the message is committed to its store, that is
+    already delivered to the mailbox. Messages/s is the rate smtp-source sees. Server CPU is
+    the `homing serve` process tree, and for Postfix its master and every daemon (smtpd,
+    cleanup, trivial-rewrite, qmgr, virtual, ...) read from /proc, sampled after the run once
+    Postfix has delivered every message, so both include the work up to the mailbox."""
+    options = ctx.options
+    homing, postfix = ctx.homing_smtp(), ctx.postfix()
+    count, size = options.smtp_messages, options.message_size
+
+    def on_homing(level: int) -> Figures:
+        cpu = homing.cpu_seconds()
+        seconds = smtp_source(homing.ports["smtp"], count, level, size, options.max_seconds)
+        cpu = homing.cpu_seconds() - cpu
+        return {"rate": count / seconds, "cpu": 1000 * cpu / count}
+
+    def on_postfix(level: int) -> Figures:
+        delivered, cpu = postfix.delivered(), postfix.cpu_seconds()
+        seconds = smtp_source(postfix.port, count, level, size, options.max_seconds)
+        postfix.wait_delivered(delivered + count, options.max_seconds)
+        cpu = postfix.cpu_seconds() - cpu
+        return {"rate": count / seconds, "cpu": 1000 * cpu / count}
+
+    yield [
+        Case(
+            f"concurrency {level}",
+            (RATE, CPU),
+            partial(on_homing, level),
+            partial(on_postfix, level),
+            targets={"rate": 1.0} if level >= 10 else {},
+            warmup=n == 0,  # the first case warms both servers up for all
+        )
+        for n, level in enumerate(options.smtp_levels)
+    ]
+
+
+@scenario("latency", "SMTP transaction latency", "Postfix", needs=("postfix",))
+def smtp_latency(ctx: Context) -> Iterator[list[Case]]:
+    """A small asyncio client (uvloop) runs complete SMTP transactions, each on a new
+    connection (EHLO, pipelined MAIL/RCPT/DATA, a 10 KiB message, QUIT), at concurrency 10;
+    the latency of one transaction is from connect() to the 250 after the message data. The
+    same Homing and Postfix instances as the acceptance scenario. The client shares the two
+    cores with the server."""
+    options = ctx.options
+    homing, postfix = ctx.homing_smtp(), ctx.postfix()
+    count, level = options.latency_transactions, options.latency_concurrency
+
+    def measure(port: int) -> Figures:
+        values = latencies(port, count, level, options.max_seconds)
+        return {"p50": 1000 * percentile(values, 50), "p99": 1000 * percentile(values, 99)}
+
+    def on_postfix() -> Figures:
+        delivered = postfix.delivered()
+        figures = measure(postfix.port)
+        postfix.wait_delivered(delivered + count, options.max_seconds)  # a quiet machine next
+        return figures
+
+    yield [
+        Case(
+            f"concurrency {level}",
+            (Metric("p50", "p50 ms", False), Metric("p99", "p99 ms", False)),
+            lambda: measure(homing.ports["smtp"]),
+            on_postfix,
+            targets={"p99": 1.0},
+        )
+    ]
+
+
+@scenario("pop3", "POP3 RETR of a whole INBOX", "Dovecot", needs=("dovecot-pop3d",))
+def pop3_retr_inbox(ctx: Context) -> Iterator[list[Case]]:
+    """One POP3 session (clear text on 127.0.0.1) logs in, LISTs, and RETRs every message of
+    an INBOX of 10 KiB messages, 64 RETRs pipelined, with bench/pop3_retr.py's lean client.
+    The same messages in both: Homing's store is filled through its API, Dovecot's INBOX is
+    a Maildir written directly (as Dovecot's own delivery writes it, sizes in file names).
+    One untimed pass first, so Dovecot has built its index and both have a warm page cache.
+    Figures are for the RETRs only (not login or LIST); server CPU is `homing serve`, and
+    for Dovecot all its processes (master, login, auth, pop3, ...)."""
+    options = ctx.options
+    count = options.pop3_messages
+    homing = ctx.homing_pop3(count)
+    dovecot = ctx.dovecot()
+    dovecot.fill_inbox(pop3_retr.make_message(n, options.message_size) for n in range(count))
+
+    def run(port: int, cpu_seconds: Callable[[], float]) -> Figures:
+        return pop3_retr_all(port, count, options.pop3_window, options.max_seconds, cpu_seconds)
+
+    yield [
+        Case(
+            f"{count:,} messages",
+            (RATE, CPU),
+            lambda: run(homing.ports["pop3"], homing.cpu_seconds),
+            lambda: run(dovecot.ports["pop3"], dovecot.cpu_seconds),
+            targets={"rate": 1.0},
+            warmup=True,
+        )
+    ]
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    scenario: Scenario
+    case: Case
+    homing: list[Figures]
+    peer: list[Figures]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Median and range of one metric for both sides, and of the paired ratios."""
+
+    homing: tuple[float, float, float]
+    peer: tuple[float, float, float]
+    ratio: tuple[float, float, float]
+
+
+def spread(values: Iterable[float]) -> tuple[float, float, float]:
+    items = list(values)
+    return statistics.median(items), min(items), max(items)
+
+
+def summarise(outcome: Outcome, metric: Metric) -> Summary:
+    homing = [figures[metric.key] for figures in outcome.homing]
+    peer = [figures[metric.key] for figures in outcome.peer]
+    ratios = [h / p if p else math.inf for h, p in zip(homing, peer, strict=True)]
+    return Summary(spread(homing), spread(peer), spread(ratios))
+
+
+def homing_better(metric: Metric, ratio: float) -> bool:
+    return ratio > 1 if metric.higher_is_better else ratio < 1
+
+
+def target_met(metric: Metric, ratio: float, target: float) -> bool:
+    return ratio >= target if metric.higher_is_better else ratio <= target
+
+
+def run_case(sc: Scenario, case: Case, rounds: int, started: float) -> Outcome:
+    outcome = Outcome(sc, case, [], [])
+    if case.warmup:
+        print(f"  {sc.key} {case.name}: warm-up pass of each", flush=True)
+        case.homing()
+        case.peer()
+    for n in range(1, rounds + 1):
+        outcome.homing.append(case.homing())
+        outcome.peer.append(case.peer())
+        shown = "  ".join(
+            f"{m.label}: Homing {number(outcome.homing[-1][m.key])}"
+            f" / {sc.peer} {number(outcome.peer[-1][m.key])}"
+            for m in case.metrics
+        )
+        elapsed = time.monotonic() - started
+        print(f"[{elapsed:5.0f}s] {sc.key} {case.name} round {n}/{rounds}: {shown}", flush=True)
+    return outcome
+
+
+def run(options: Options, selected: list[Scenario], base: Path) -> list[Outcome]:
+    outcomes: list[Outcome] = []
+    started = time.monotonic()
+    with ExitStack() as stack:
+        ctx = Context(options, base, stack)
+        for sc in selected:
+            print(f"{sc.title} (Homing vs {sc.peer})", flush=True)
+            with sc.setup(ctx) as cases:
+                outcomes.extend(run_case(sc, case, options.rounds, started) for case in cases)
+    return outcomes
+
+
+# --- reporting -------------------------------------------------------------------------------
+
+
+def number(value: float) -> str:
+    if math.isinf(value) or math.isnan(value):
+        return str(value)
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.1f}"
+    if magnitude >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def cell(values: tuple[float, float, float]) -> str:
+    median, low, high = values
+    return f"{number(median)} ({number(low)}–{number(high)})"
+
+
+def machine(
+    selected: list[Scenario], base: Path, load_before: tuple[float, float, float]
+) -> list[tuple[str, str]]:
+    def run_text(*command: str) -> str:
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip()
+
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line),
+        platform.machine(),
+    )
+    meminfo = Path("/proc/meminfo").read_text().split()
+    memory = int(meminfo[meminfo.index("MemTotal:") + 1]) / 1024 / 1024
+    os_name = "unknown"
+    if Path("/etc/os-release").exists():
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip('"')
+    debian = Path("/etc/debian_version")
+    if debian.exists():
+        os_name += f" ({debian.read_text().strip()})"
+    commit = run_text("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD") or "unknown"
+    if run_text("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"):
+        commit += " with uncommitted changes"
+    try:
+        loop = f"uvloop {importlib.metadata.version('uvloop')}"
+    except importlib.metadata.PackageNotFoundError:
+        loop = "asyncio (no uvloop)"
+    rows = [
+        ("CPU", f"{model}, {os.cpu_count()} logical CPUs"),
+        ("Memory", f"{memory:.1f} GiB"),
+        ("OS", f"{os_name}, Linux {platform.release()}"),
+        ("Python", f"{platform.python_version()}, {loop}"),
+        ("Homing", f"commit {commit}"),
+    ]
+    peers_used = {sc.peer for sc in selected}
+    if "Postfix" in peers_used:
+        rows.append(("Postfix", peers.postfix_version()))
+    if "Dovecot" in peers_used:
+        rows.append(("Dovecot", peers.dovecot_version()))
+    filesystem = run_text("df", "--output=fstype", str(base)).split()[-1:] or ["unknown"]
+    rows.append(("Data directories", f"{base.parent} ({filesystem[0]})"))
+    load_after = os.getloadavg()
+    rows.append(
+        (
+            "Load average (1, 5 min)",
+            f"{load_before[0]:.2f}, {load_before[1]:.2f} before the run; "
+            f"{load_after[0]:.2f}, {load_after[1]:.2f} after it (the benchmark's own servers "
+            "and clients count too; far above the CPU count means other work shared the "
+            "machine)",
+        )
+    )
+    return rows
+
+
+def markdown(
+    outcomes: list[Outcome], options: Options, rows: list[tuple[str, str]], seconds: float
+) -> str:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if options.quick:
+        kind = "quick smoke run (`bench/run --quick`): small counts, not for comparison"
+    else:
+        kind = "full run (`bench/run`)"
+    out = [
+        "# Homing side by side with Postfix and Dovecot",
+        "",
+        f"{now}, {kind}; {options.rounds} rounds per case, run interleaved (Homing, peer, "
+        f"Homing, peer, ...); {seconds / 60:.1f} minutes in all.",
+        "",
+        "Each cell: median (min–max) over the rounds. **Homing/peer** is the ratio of each "
+        "round's pair, median (min–max): above 1 is more for Homing, so better for "
+        "messages/s and worse for CPU or milliseconds (the *Better* column says which). "
+        "*Target* is the project's goal for that ratio.",
+        "",
+        "| Scenario | Case | Metric | Better | Homing | Peer | Homing/peer | Target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    verdicts: list[str] = []
+    for outcome in outcomes:
+        sc, case = outcome.scenario, outcome.case
+        for metric in case.metrics:
+            summary = summarise(outcome, metric)
+            target = case.targets.get(metric.key)
+            goal = ""
+            if target is not None:
+                met = target_met(metric, summary.ratio[0], target)
+                sign = "≥" if metric.higher_is_better else "≤"
+                goal = f"{sign} {target:.1f}: {'met' if met else '**not met**'}"
+                verdicts.append(
+                    f"- {sc.title}, {case.name}, {metric.label}: Homing/{sc.peer} "
+                    f"{number(summary.ratio[0])} against a target of {sign} {target:.1f}: "
+                    f"{'met' if met else 'not met'}."
+                )
+            better = "higher" if metric.higher_is_better else "lower"
+            out.append(
+                f"| {sc.title} (vs {sc.peer}) | {case.name} | {metric.label} | {better} "
+                f"| {cell(summary.homing)} | {cell(summary.peer)} | **{cell(summary.ratio)}** "
+                f"| {goal} |"
+            )
+    out += ["", "## Where Homing stands", "", *verdicts, ""]
+    out += [
+        "Homing is one Python process (asyncio on uvloop, SQLite in WAL mode with a group-"
+        "committing writer thread): its protocol work runs on one core at a time, while "
+        "Postfix and Dovecot spread over many C processes. On this machine the load "
+        "generator runs on the same cores as the server under test, for both sides alike.",
+        "",
+        "## What each scenario measures",
+        "",
+    ]
+    seen: set[str] = set()
+    for outcome in outcomes:
+        if outcome.scenario.key not in seen:
+            seen.add(outcome.scenario.key)
+            out += [f"**{outcome.scenario.title}** (`--only {outcome.scenario.key}`). "
+                    f"{outcome.scenario.description}", ""]  # fmt: skip
+    out += [
+        f"Counts: SMTP acceptance {options.smtp_messages:,} messages per concurrency level per "
+        f"side per round; latency {options.latency_transactions:,} transactions per side per "
+        f"round; POP3 INBOX of {options.pop3_messages:,} messages; messages of "
+        f"{options.message_size:,} bytes.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {key} | {value} |" for key, value in rows),
+        "",
+        "<details><summary>Every round</summary>",
+        "",
+        "| Scenario | Case | Metric | Round | Homing | Peer |",
+        "|---|---|---|---|---|---|",
+    ]
+    for outcome in outcomes:
+        for metric in outcome.case.metrics:
+            for n, (h, p) in enumerate(zip(outcome.homing, outcome.peer, strict=True), 1):
+                out.append(
+                    f"| {outcome.scenario.key} | {outcome.case.name} | {metric.label} | {n} "
+                    f"| {number(h[metric.key])} | {number(p[metric.key])} |"
+                )
+    out += ["", "</details>", ""]
+    return "\n".join(out)
+
+
+def chart(outcomes: list[Outcome], path: Path, options: Options) -> None:
+    """One horizontal bar per metric, drawn from 1.0 to the median ratio Homing/peer on a
+    log scale, with the min-max of the paired rounds as whiskers; green where Homing does
+    better, red where the peer does."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    rows: list[tuple[str, tuple[float, float, float], str]] = []
+    for outcome in outcomes:
+        for metric in outcome.case.metrics:
+            ratio = summarise(outcome, metric).ratio
+            direction = "higher" if metric.higher_is_better else "lower"
+            label = (
+                f"{outcome.scenario.title}, {outcome.case.name}\n"
+                f"{metric.label} ({direction} is better), vs {outcome.scenario.peer}"
+            )
+            colour = "#2e8b57" if homing_better(metric, ratio[0]) else "#c0392b"
+            rows.append((label, ratio, colour))
+    finite = [v for _, r, _ in rows for v in r if 0 < v < math.inf] or [1.0]
+    low, high = min([*finite, 0.5]) / 1.6, max([*finite, 2.0]) * 1.6
+    clip = [(min(max(m, low), high), min(max(a, low), high), min(max(b, low), high))
+            for _, (m, a, b), _ in rows]  # fmt: skip
+    figure, axes = plt.subplots(figsize=(10, 0.55 * len(rows) + 1.5))
+    positions = list(range(len(rows)))[::-1]
+    for y, (_, ratio, colour), (m, a, b) in zip(positions, rows, clip, strict=True):
+        axes.barh(y, m - 1.0, left=1.0, height=0.6, color=colour)
+        axes.errorbar(m, y, xerr=[[m - a], [b - m]], color="black", capsize=3, linewidth=1)
+        right = m >= 1.0
+        axes.annotate(
+            f"{number(ratio[0])}×",
+            (b if right else a, y),
+            xytext=(5 if right else -5, 0),
+            textcoords="offset points",
+            ha="left" if right else "right",
+            va="center",
+            fontsize=8,
+        )
+    axes.axvline(1.0, color="black", linewidth=1)
+    axes.set_xscale("log")
+    axes.set_xlim(low, high)
+    ticks = [t for t in (0.1, 0.2, 0.25, 0.5, 1, 2, 4, 5, 10, 20) if low <= t <= high]
+    axes.xaxis.set_major_locator(FixedLocator(ticks))
+    axes.xaxis.set_minor_locator(NullLocator())
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}×"))
+    axes.set_yticks(positions, [label for label, _, _ in rows], fontsize=8)
+    axes.set_xlabel("Homing / peer: median of the paired rounds (whiskers: min–max)")
+    kind = "quick smoke run, not for comparison" if options.quick else f"{options.rounds} rounds"
+    axes.set_title(
+        f"Homing vs Postfix and Dovecot ({kind})\ngreen: Homing better, red: the peer better",
+        fontsize=10,
+    )
+    axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def ensure_chart_library(install: bool) -> None:
+    """matplotlib from the `bench` extra of pyproject.toml, installed into this Python when
+    absent (the pins live there only)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        if not install:
+            raise SystemExit(
+                "matplotlib missing: pip install -e '.[bench]', or --no-chart"
+            ) from None
+        extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+        requirements = extra["optional-dependencies"]["bench"]
+        print(f"installing {' '.join(requirements)}", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", *requirements], check=True, timeout=900
+        )
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    quick = bool(args.quick)
+    return Options(
+        quick=quick,
+        rounds=args.rounds or (2 if quick else 7),
+        smtp_messages=args.smtp_messages or (150 if quick else 2000),
+        smtp_levels=tuple(int(level) for level in args.concurrency.split(",")),
+        latency_transactions=args.latency_transactions or (200 if quick else 2000),
+        latency_concurrency=10,
+        pop3_messages=args.pop3_messages or (1000 if quick else 10_000),
+        message_size=10 * 1024,
+        pop3_window=64,
+        max_seconds=args.max_seconds,
+    )
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run",
+        description="Benchmark Homing side by side with Postfix and Dovecot on this machine.",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke check: small counts, 2 rounds")
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated scenarios ({', '.join(SCENARIOS)})"
+    )
+    parser.add_argument("--rounds", type=int, default=0, help="rounds per case (7; quick: 2)")
+    parser.add_argument("--smtp-messages", type=int, default=0, help="per level (2000; quick 150)")
+    parser.add_argument("--concurrency", default="1,10,50", help="SMTP acceptance levels")
+    parser.add_argument("--latency-transactions", type=int, default=0, help="(2000; quick 200)")
+    parser.add_argument("--pop3-messages", type=int, default=0, help="INBOX size (10000; 1000)")
+    parser.add_argument("--max-seconds", type=float, default=300, help="limit for one run")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="markdown file; the chart goes beside it as .png "
+        "(default bench/results/latest.md; --quick: bench/results/quick.md)",
+    )
+    parser.add_argument("--no-chart", action="store_true", help="write the table only")
+    parser.add_argument(
+        "--no-install", action="store_true", help="fail instead of installing what is missing"
+    )
+    parser.add_argument("--tmpdir", type=Path, default=None, help="where the servers keep data")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    return parser.parse_args(argv)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the ExitStack: servers stop
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    options = options_from(args)
+    keys = [key.strip() for key in args.only.split(",") if key.strip()] or list(SCENARIOS)
+    unknown = [key for key in keys if key not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    selected = [SCENARIOS[key] for key in keys]
+    out: Path = args.out or RESULTS / ("quick.md" if options.quick else "latest.md")
+    if os.geteuid() != 0:
+        raise SystemExit("bench/run must run as root: Postfix's master and Dovecot need it")
+    peers.ensure_debian({p for sc in selected for p in sc.needs}, install=not args.no_install)
+    if smtp_source_path() is None:
+        raise SystemExit("smtp-source not found (Debian package postfix)")
+    if not args.no_chart:
+        ensure_chart_library(install=not args.no_install)
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    base = Path(tempfile.mkdtemp(prefix="homing-bench-", dir=args.tmpdir))
+    base.chmod(0o755)  # the peers' daemons run as postfix, dovecot, nobody
+    closed = [p for p in base.parents if not p.stat().st_mode & stat.S_IXOTH]
+    if closed:
+        base.rmdir()
+        raise SystemExit(
+            f"{closed[0]} is not searchable by other users; the peers' daemons "
+            f"(postfix, dovecot, nobody) must reach {base.parent}: see --tmpdir"
+        )
+    try:
+        outcomes = run(options, selected, base)
+        rows = machine(selected, base, load_before)
+    finally:
+        if args.keep:
+            print(f"kept {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown(outcomes, options, rows, time.monotonic() - started))
+    print(f"wrote {out}")
+    if not args.no_chart:
+        chart(outcomes, out.with_suffix(".png"), options)
+        print(f"wrote {out.with_suffix('.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
