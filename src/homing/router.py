@@ -196,9 +196,13 @@ class Router:
         return None
 
     def owns(self, account: Account, mailbox: Mailbox) -> bool:
-        """May `account` send as `mailbox`? Its own address, its plus-addresses, and aliases
-        that point straight at it (a catch-all does not make every address its own)."""
+        """May `account` send as `mailbox`? Its own address, its plus-addresses, aliases that
+        point straight at it (a catch-all does not make every address its own), and what
+        `[submission] grants` gives it."""
         own = account.address.lower()
+        for grantee, sender in self.config.submission.grants:
+            if grantee == own and sender in (mailbox.key(), f"*@{mailbox.domain}"):
+                return True  # [submission] grants in the configuration
         for candidate in self._candidates(mailbox):
             if candidate == own:
                 return True

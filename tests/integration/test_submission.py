@@ -244,3 +244,22 @@ def test_homing_send_wrong_password_fails_cleanly(msa: Server) -> None:
     )  # fmt: skip
     assert out.returncode == 1
     assert "535" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_config_grants_and_hidden_client(make_server: Callable[..., Server]) -> None:
+    server = make_server(
+        {
+            **SUBMISSION,
+            "submission": {"grants": [f"{ALICE} *@{DOMAIN}"], "hide_client": True},
+        }
+    )
+    server.add_account(ALICE, PASSWORD)
+    server.add_account(BOB)
+    with submit(server) as smtp:
+        # Granted "*@local.test": Alice may send as noreply@ (envelope and From).
+        raw = f"From: noreply@{DOMAIN}\r\nTo: {BOB}\r\nSubject: granted\r\n\r\nhi\r\n"
+        smtp.sendmail(f"noreply@{DOMAIN}", [BOB], raw.encode())
+        assert smtp.mail("someone@elsewhere.example")[0] == 553
+    head = server.message(BOB, 1).split(b"\r\n\r\n", 1)[0]
+    assert b"Received: by mx.local.test (Homing) with ESMTPSA id" in head
+    assert b"127.0.0.1" not in head and b"laptop.example" not in head

@@ -44,7 +44,7 @@ from homing.config.model import (
     SubmissionConfig,
     TLSConfig,
 )
-from homing.mail.address import parse_domain
+from homing.mail.address import AddressError, parse_domain, parse_mailbox
 
 __all__ = [
     "DEFAULT_CONFIG_PATHS",
@@ -478,6 +478,42 @@ class _Addresses:
 
 
 @dataclass(frozen=True, slots=True)
+class _Grants:
+    """An array of "ACCOUNT SENDER" strings: the account may also send as SENDER, an address
+    or "*@domain" (every address of the domain)."""
+
+    def parse(self, key: str, raw: object) -> tuple[tuple[str, str], ...]:
+        if not isinstance(raw, list):
+            raise ConfigError(
+                f'must be an array of "account sender" strings, got {_type_name(raw)}', key=key
+            )
+        grants = []
+        for index, item in enumerate(raw):
+            item_key = f"{key}[{index}]"
+            parts = item.split() if isinstance(item, str) else []
+            if len(parts) != 2:
+                raise ConfigError(
+                    f'must be "ACCOUNT SENDER" (e.g. "alice@x.org *@x.org"), got {item!r}',
+                    key=item_key,
+                )
+            account, sender = parts
+            try:
+                account = str(parse_mailbox(account))
+                pattern = sender.lower()
+                if pattern.startswith("*@"):
+                    pattern = "*@" + parse_domain(pattern[2:])
+                else:
+                    pattern = str(parse_mailbox(sender)).lower()
+            except AddressError as exc:
+                raise ConfigError(f"not an address: {exc.reason}", key=item_key) from None
+            grants.append((account.lower(), pattern))
+        return tuple(grants)
+
+    def render(self, value: tuple[tuple[str, str], ...]) -> str:
+        return "[" + ", ".join(_toml_string(f"{a} {s}") for a, s in value) + "]"
+
+
+@dataclass(frozen=True, slots=True)
 class _Host(_Scalar):
     """A host name (as `hostname`), or "" for "not set"; with `literal`, an IP address too
     (IPv6 with or without brackets)."""
@@ -514,7 +550,18 @@ class _PathText(_Scalar):
         return _toml_string(value)
 
 
-_Kind = _Integer | _Size | _Duration | _Choice | _Text | _Boolean | _Addresses | _Host | _PathText
+_Kind = (
+    _Integer
+    | _Size
+    | _Duration
+    | _Choice
+    | _Text
+    | _Boolean
+    | _Addresses
+    | _Grants
+    | _Host
+    | _PathText
+)
 
 
 def _in_range(
@@ -659,6 +706,11 @@ _SECTIONS = (
                 "reject: the From header must name only the account's own addresses",
             ),
             _Key("hide_client", _Boolean(), "leave the client's IP out of the Received header"),
+            _Key(
+                "grants",
+                _Grants(),
+                'extra senders: "ACCOUNT SENDER", SENDER an address or "*@domain"',
+            ),
         ),
         "Mail from your users' programs (ports 587 and 465).",
     ),

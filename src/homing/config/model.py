@@ -146,6 +146,9 @@ class SubmissionConfig:
     otherwise); "off": any From is passed on (the envelope sender is always checked)."""
     hide_client: bool = False
     """Leave the client's IP address and HELO name out of the Received header."""
+    grants: tuple[tuple[str, str], ...] = ()
+    """(account, sender) pairs: the account may also use sender as MAIL FROM and From; sender
+    is an address or "*@domain"."""
 
 
 @dataclass(frozen=True, slots=True)
