@@ -45,9 +45,11 @@ run: venv
 	  echo "$$pw" | $(BIN)/homing --config $(DATA)/homing.toml account passwd $(DEV_USER) --password-stdin >/dev/null; fi; \
 	echo; echo "Homing development server (data in ./$(DATA))"; \
 	echo "  account:  $(DEV_USER)   password: $$pw   (new each 'make run')"; \
-	echo "  SMTP:     127.0.0.1:2525    try: swaks --server 127.0.0.1:2525 --to $(DEV_USER) --from you@elsewhere.test"; \
-	echo "  read it:  $(BIN)/homing --config $(DATA)/homing.toml mailbox list $(DEV_USER)"; \
-	echo "            $(BIN)/homing --config $(DATA)/homing.toml message show $(DEV_USER) INBOX 1"; \
+	echo "  receive:  swaks --server 127.0.0.1:2525 --to $(DEV_USER) --from you@elsewhere.test"; \
+	echo "  submit:   swaks --server 127.0.0.1:2587 --tls --auth PLAIN --auth-user $(DEV_USER) --auth-password $$pw --from $(DEV_USER) --to $(DEV_USER)"; \
+	echo "  IMAP:     curl -k --user '$(DEV_USER):$$pw' 'imaps://127.0.0.1:2993/INBOX;UID=1'"; \
+	echo "  POP3:     curl -k --user '$(DEV_USER):$$pw' pop3s://127.0.0.1:2995/1"; \
+	echo "  store:    $(BIN)/homing --config $(DATA)/homing.toml mailbox list $(DEV_USER)"; \
 	echo "  stop:     Ctrl-C"; echo
 	@exec $(BIN)/homing --config $(DATA)/homing.toml serve
 
