@@ -198,7 +198,8 @@ def test_brute_force_lockout_is_per_ip(make_server: Callable[..., Server]) -> No
         start = time.monotonic()
         assert attempt("wrong")[0] == 535
         timings.append(time.monotonic() - start)
-    assert timings[3] - timings[0] >= 0.15  # each failure after the third waits longer
+    # The fourth failure is answered only after the slowdown (a lower bound: load only adds).
+    assert timings[3] >= 0.2
     # Locked out now: even the right password is refused, unchecked.
     assert attempt(PASSWORD)[0] in (421, 454)
     # Another client address is not locked out.
