@@ -85,12 +85,12 @@ async def test_truncated_udp_answer_is_retried_over_tcp(make_dns_server: MakeSer
 
 
 async def test_servfail_is_temporary_and_fast(make_dns_server: MakeServer) -> None:
-    resolver = resolver_for(make_dns_server(ZONES, servfail={"example.test"}))
+    resolver = resolver_for(make_dns_server(ZONES, servfail={"example.test"}), timeout=6.0)
     started = time.monotonic()
     result = await resolver.mx("example.test")
     assert result.status is Lookup.TEMPFAIL
     assert "SERVFAIL" in result.detail
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # answered, not waited out (margin for a busy CI)
 
 
 async def test_refused_is_temporary(make_dns_server: MakeServer) -> None:
@@ -105,7 +105,7 @@ async def test_silence_is_temporary_within_the_timeout(make_dns_server: MakeServ
     elapsed = time.monotonic() - started
     assert result.status is Lookup.TEMPFAIL
     assert "timeout" in result.detail.lower()
-    assert 0.5 < elapsed < 2.0
+    assert 0.5 < elapsed < 4.0
 
 
 async def test_one_family_silent_still_gives_the_other(make_dns_server: MakeServer) -> None:

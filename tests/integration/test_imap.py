@@ -467,7 +467,7 @@ def test_uid_fetch_of_the_whole_range_is_cheap(server: Server, account: Callable
     for i in range(20):
         lines = raw.cmd(b"u%d" % i, b"UID FETCH 1:4294967295 (UID)")
         assert len(lines) == 3
-    assert time.monotonic() - start < 2.0  # about a millisecond each, not 2^32 of anything
+    assert time.monotonic() - start < 5.0  # about a millisecond each, not 2^32 of anything
     lines = raw.cmd(b"v", b"UID FETCH 1:4294967295,1:4294967295 (FLAGS)")
     assert len(lines) == 3
 

@@ -275,7 +275,7 @@ def test_read_timeout_raises_and_stream_stays_usable(run: Run) -> None:
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             await stream.read(timeout=0.1)
-        assert 0.09 <= time.monotonic() - started < 1.0
+        assert 0.09 <= time.monotonic() - started < 3.0
         await stream.write(b"timeout\r\n")
         assert await stream.read(timeout=5) == b"late\r\n"
         await stream.write(b"ok\r\n")
