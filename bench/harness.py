@@ -27,6 +27,7 @@ import importlib.metadata
 import math
 import os
 import platform
+import resource
 import shutil
 import signal
 import stat
@@ -44,9 +45,14 @@ from pathlib import Path
 from types import FrameType
 from typing import TypeVar
 
+import homing_server
+import imap_clients
 import peers
 import pop3_retr
+import relay
 import smtp_accept
+from homing.clock import Clock, FakeClock
+from homing.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -81,6 +87,15 @@ class Case:
     targets: dict[str, float] = field(default_factory=dict)
     #: one untimed run of each side first (caches, indexes, page cache)
     warmup: bool = False
+    #: the project's goal per metric key for Homing's own median: an upper bound where
+    #: lower is better, a lower bound otherwise (an absolute figure, not a ratio)
+    limits: dict[str, float] = field(default_factory=dict)
+    #: run once before the case's first run (fill a store to the case's size)
+    prepare: Callable[[], None] | None = None
+    #: rounds for this case, when not the run's `--rounds`
+    rounds: int | None = None
+    #: the peer's name, when not the scenario's (a scenario may compare with more than one)
+    peer_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,12 +115,14 @@ ScenarioFunction = Callable[["Context"], Iterator[list[Case]]]
 
 
 def scenario(
-    key: str, title: str, peer: str, needs: tuple[str, ...]
+    key: str, title: str, peer: str, needs: tuple[str, ...], notes: Callable[[], str] = str
 ) -> Callable[[ScenarioFunction], ScenarioFunction]:
-    """Register a scenario: a generator that yields its cases once its servers are up."""
+    """Register a scenario: a generator that yields its cases once its servers are up. Its
+    description is its docstring, and then what `notes()` says (facts known only when the
+    harness runs)."""
 
     def register(function: ScenarioFunction) -> ScenarioFunction:
-        doc = " ".join((function.__doc__ or "").split())
+        doc = " ".join(f"{function.__doc__ or ''} {notes()}".split())
         SCENARIOS[key] = Scenario(key, title, peer, needs, contextmanager(function), doc)
         return function
 
@@ -123,6 +140,13 @@ class Options:
     pop3_messages: int
     message_size: int
     pop3_window: int
+    relay_messages: int  # per side, per round
+    relay_domains: tuple[int, ...]
+    imap_messages: int
+    idle_sessions: int
+    idle_rounds: int
+    scale_levels: tuple[int, ...]
+    scale_smtp_messages: int  # per side, per round, per level
     max_seconds: float  # one run of one side
 
 
@@ -131,16 +155,35 @@ class Options:
 
 @dataclass
 class Homing:
-    """A `homing serve` process started by bench/smtp_accept.py's or bench/pop3_retr.py's setup."""
+    """A `homing serve` process started by bench/smtp_accept.py's or bench/pop3_retr.py's
+    setup, or from a `config` (bench/homing_server.py), which can then be restarted."""
 
     process: subprocess.Popen[bytes]
     ports: dict[str, int]
     log: Path
+    config: Path | None = None
+
+    @classmethod
+    def start(cls, config: Path) -> Homing:
+        log = config.parent.parent / "serve.log"
+        process, ports = pop3_retr.start_homing(config, log)
+        return cls(process, ports, log, config)
+
+    def restart(self) -> None:
+        """Stop it and start it again from its configuration (its ports change)."""
+        assert self.config is not None
+        self.stop()
+        self.process, self.ports = pop3_retr.start_homing(self.config, self.log)
 
     def cpu_seconds(self) -> float:
         if self.process.poll() is not None:
             raise RuntimeError(f"homing serve exited; its log:\n{peers.tail(self.log)}")
         return peers.tree_cpu_seconds(self.process.pid)
+
+    def memory(self) -> peers.Memory:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"homing serve exited; its log:\n{peers.tail(self.log)}")
+        return peers.tree_memory(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -193,18 +236,51 @@ class Context:
 
         return self._once("homing (pop3)", start, Homing.stop)
 
+    def homing(
+        self, name: str, settings: homing_server.Settings, clock: Clock | None = None
+    ) -> tuple[Homing, Store]:
+        """A Homing instance of its own, `homing serve` running with `settings`
+        (bench/homing_server.py's `create`), and its store opened here too, with `clock`,
+        for filling it (store writes from two processes are safe: SQLite locks them)."""
+
+        def start() -> tuple[Homing, Store]:
+            base = self.base / f"homing-{name}"
+            base.mkdir()
+            config = homing_server.create(base, settings)
+            store = self._stack.enter_context(homing_server.open_store(config, clock))
+            return Homing.start(config), store
+
+        return self._once(f"homing ({name})", start, lambda pair: pair[0].stop())
+
     def postfix(self) -> peers.Postfix:
+        """Postfix delivering USER's mail and SCALE_USER's (the scale scenario's) into two
+        Maildirs."""
         return self._once(
-            "postfix", lambda: peers.Postfix.start(self.base / "postfix"), peers.Postfix.stop
+            "postfix",
+            lambda: peers.Postfix.start(self.base / "postfix", mailboxes=(peers.USER, SCALE_USER)),
+            peers.Postfix.stop,
         )
 
+    def postfix_relay(self, port: int) -> peers.Postfix:
+        """A second Postfix that holds what its smtpd accepts for other domains, and relays
+        it to 127.0.0.1:`port` once released."""
+        return self._once(
+            "postfix (relay)",
+            lambda: peers.Postfix.start(self.base / "postfix-relay", relay_port=port),
+            peers.Postfix.stop,
+        )
+
+    def smtp_sink(self) -> peers.SmtpSink:
+        return self._once("smtp-sink", peers.SmtpSink, peers.SmtpSink.stop)
+
     def dovecot(self) -> peers.Dovecot:
-        """Dovecot serving every protocol installed (the scenarios' packages are)."""
+        """Dovecot serving every protocol installed (the scenarios' packages are), in clear
+        text and over implicit TLS."""
         packages = (("pop3", "dovecot-pop3d"), ("imap", "dovecot-imapd"))
         protocols = [name for name, package in packages if peers.debian_installed(package)]
         return self._once(
             "dovecot",
-            lambda: peers.Dovecot.start(self.base / "dovecot", protocols),
+            lambda: peers.Dovecot.start(self.base / "dovecot", protocols, tls=True),
             peers.Dovecot.stop,
         )
 
@@ -218,16 +294,24 @@ def smtp_source_path() -> str | None:
     )
 
 
-def smtp_source(port: int, count: int, concurrency: int, size: int, timeout: float) -> float:
-    """Postfix's own load generator: `count` messages of `size` bytes, one per connection,
-    `concurrency` sessions in parallel. Returns the wall-clock seconds it took."""
+def smtp_source(
+    port: int,
+    count: int,
+    concurrency: int,
+    size: int,
+    timeout: float,
+    *,
+    recipient: str = peers.USER,
+) -> float:
+    """Postfix's own load generator: `count` messages of `size` bytes to `recipient`, one
+    per connection, `concurrency` sessions in parallel. Returns the wall-clock seconds."""
     source = smtp_source_path()
     if source is None:
         raise SystemExit("smtp-source not found (Debian package postfix)")
     started = time.perf_counter()
     done = subprocess.run(
         [source, "-s", str(concurrency), "-m", str(count), "-l", str(size), "-f", SENDER,
-         "-t", peers.USER, "-M", "bench.client", f"127.0.0.1:{port}"],
+         "-t", recipient, "-M", "bench.client", f"127.0.0.1:{port}"],
         capture_output=True, timeout=timeout, check=False,
     )  # fmt: skip
     if done.returncode != 0:
@@ -439,6 +523,120 @@ def smtp_latency(ctx: Context) -> Iterator[list[Case]]:
     ]
 
 
+IMAP_USER = "imap@bench.test"  # the IMAP scenario's mailbox in the shared Dovecot
+SCALE_USER = "scale@bench.test"  # the scale scenario's, in the shared Postfix and Dovecot
+IDLE_MESSAGES = 20  # in each INBOX of the memory scenario
+IDLE_MESSAGE_SIZE = 2048
+
+
+def smtp_source_to(port: int, recipients: dict[str, int], sessions: int, seconds: float) -> None:
+    """`smtp-source` runs in parallel, one per recipient with its count of 10 KiB messages,
+    each over `sessions` connections that send message after message (-d)."""
+    source = smtp_source_path()
+    assert source is not None
+
+    def command(recipient: str, count: int) -> list[str]:
+        return [source, "-d", "-s", str(sessions), "-m", str(count), "-l", "10240", "-f",
+                SENDER, "-t", recipient, "-M", "bench.client", f"127.0.0.1:{port}"]  # fmt: skip
+
+    runs = [
+        subprocess.Popen(
+            command(recipient, count), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        for recipient, count in recipients.items()
+        if count
+    ]
+    try:
+        failed = [run for run in runs if run.wait(timeout=seconds) != 0]
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                run.kill()
+                run.wait(timeout=10)
+    if failed:
+        assert failed[0].stderr is not None
+        raise RuntimeError(
+            f"smtp-source failed: {failed[0].stderr.read().decode(errors='replace')}"
+        )
+
+
+def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not after {seconds:.0f}s")
+        time.sleep(0.02)
+
+
+@scenario("relay", "Relay to smtp-sink", "Postfix", needs=("postfix",))
+def relay_to_sink(ctx: Context) -> Iterator[list[Case]]:
+    """Queued messages of about 10 KiB, one recipient each, for 1 and for 10 remote domains,
+    are delivered to Postfix's `smtp-sink` on 127.0.0.1, which counts them and throws them
+    away. Each side's queue is filled first and then released, and the clock runs from the
+    release to the sink's count of the last message. Homing: entries queued through its store
+    API (bench/relay.py's `fill`) with a next attempt a day ahead, then `homing queue retry
+    --all` done in-process (every entry due now, SIGUSR1 to `homing serve`); its queue
+    runner relays them through `[outbound] smarthost` = 127.0.0.1:the sink's port without
+    TLS, one SMTP session per destination domain at a time, 100 messages per session.
+    Postfix: a second instance whose smtpd puts what it accepts on hold (access(5) HOLD),
+    filled by `smtp-source`; released with `postsuper -H ALL` and `postqueue -f`; its own
+    smtp(8) client relays to `relayhost = [127.0.0.1]:port` with its default concurrency
+    (up to 20 sessions per destination, connection reuse). Server CPU is counted from the
+    release until each queue is empty again."""
+    options = ctx.options
+    sink = ctx.smtp_sink()
+    outbound = {
+        "smarthost": '"127.0.0.1"',
+        "smarthost_port": str(sink.port),
+        "smarthost_tls": '"none"',
+        "smarthost_tls_verify": "false",
+    }
+    # SMTP on, though unused: `homing serve` reports its PID and ports once listening. The
+    # store as this process opens it queues entries due a day from now (until released).
+    settings = {"listen": {"smtp": homing_server.LOOPBACK}, "outbound": outbound}
+    homing, store = ctx.homing("relay", settings, FakeClock(time.time() + 86400))
+    postfix = ctx.postfix_relay(sink.port)
+    count, size, limit = options.relay_messages, options.message_size, options.max_seconds
+
+    def on_homing(domains: int) -> Figures:
+        relay.fill(store, count, domains, size)
+        received, cpu = sink.received(), homing.cpu_seconds()
+        started = time.perf_counter()
+        store.spool.retry(None, time.time())
+        homing.process.send_signal(signal.SIGUSR1)  # as `homing queue retry --all` does
+        sink.wait_received(received + count, limit)
+        elapsed = time.perf_counter() - started
+        wait_until(lambda: store.spool.count() == 0, limit, "Homing's queue empties")
+        cpu = homing.cpu_seconds() - cpu
+        return {"rate": count / elapsed, "cpu": 1000 * cpu / count}
+
+    def on_postfix(domains: int) -> Figures:
+        recipients = {
+            f"rcpt@remote{k}.test": count // domains + (k < count % domains) for k in range(domains)
+        }
+        smtp_source_to(postfix.port, recipients, 2, limit)
+        postfix.wait_queued(count, limit, ("hold",))
+        received, cpu = sink.received(), postfix.cpu_seconds()
+        started = time.perf_counter()
+        postfix.release()
+        sink.wait_received(received + count, limit)
+        elapsed = time.perf_counter() - started
+        postfix.wait_queued(0, limit)
+        cpu = postfix.cpu_seconds() - cpu
+        return {"rate": count / elapsed, "cpu": 1000 * cpu / count}
+
+    yield [
+        Case(
+            f"{domains} domain{'s' if domains > 1 else ''}",
+            (RATE, CPU),
+            partial(on_homing, domains),
+            partial(on_postfix, domains),
+            warmup=n == 0,
+        )
+        for n, domains in enumerate(options.relay_domains)
+    ]
+
+
 @scenario("pop3", "POP3 RETR of a whole INBOX", "Dovecot", needs=("dovecot-pop3d",))
 def pop3_retr_inbox(ctx: Context) -> Iterator[list[Case]]:
     """One POP3 session (clear text on 127.0.0.1) logs in, LISTs, and RETRs every message of
@@ -469,6 +667,316 @@ def pop3_retr_inbox(ctx: Context) -> Iterator[list[Case]]:
     ]
 
 
+def imap_reader(port: int, user: str) -> imap_clients.MailboxReader:
+    return imap_clients.MailboxReader(
+        port, tls=not homing_server.IMAP_PLAINTEXT, user=user, password=peers.PASSWORD
+    )
+
+
+def dovecot_imap_port(dovecot: peers.Dovecot) -> int:
+    return dovecot.ports["imap" if homing_server.IMAP_PLAINTEXT else "imaps"]
+
+
+def imap_transport() -> str:
+    """The scenario note on how the IMAP clients connect (see bench/homing_server.py)."""
+    if homing_server.IMAP_PLAINTEXT:
+        return "IMAP over plain TCP on 127.0.0.1 for both (no TLS)."
+    return (
+        "IMAP over implicit TLS on 127.0.0.1 for both (TLS 1.3, AES-256-GCM): Homing refuses "
+        "LOGIN in clear text (RFC 9051 §6.2.3) and has no setting yet to allow it on "
+        "loopback, as its POP3 server has."
+    )
+
+
+@scenario(
+    "imap",
+    "IMAP reads of a whole mailbox",
+    "Dovecot",
+    needs=("dovecot-imapd",),
+    notes=imap_transport,
+)
+def imap_mailbox(ctx: Context) -> Iterator[list[Case]]:
+    """Python's imaplib (as the issue's reference figures for Dovecot were measured) logs in
+    and, timed one by one, SELECTs an INBOX of 10 KiB messages and FETCHes `1:* (UID FLAGS
+    RFC822.SIZE ENVELOPE)`, then `FETCH 1:* BODY.PEEK[]`, then `SEARCH TEXT "needle"` (a
+    word in the body of one message in 50, nowhere else). Every answer is checked: one per
+    message, full-size bodies, every needle found. The same messages in both: Homing's store
+    filled through its API, Dovecot's INBOX a Maildir written as its delivery would (sizes in
+    the file names). One untimed pass first: Dovecot builds its index and cache, both warm
+    the page cache. Dovecot searches without a full-text index (none is configured by
+    default), Homing with none either."""
+    options = ctx.options
+    count, size = options.imap_messages, options.message_size
+    settings = homing_server.imap_settings()
+    homing, store = ctx.homing("imap", settings)
+    if store.get_account(peers.USER) is None:
+        [account] = homing_server.add_accounts(store, [peers.USER], peers.PASSWORD)
+        homing_server.fill(store, ((account, imap_clients.message(n, size)) for n in range(count)))
+    dovecot = ctx.dovecot()
+    dovecot.add_users([IMAP_USER])
+    dovecot.fill_inbox((imap_clients.message(n, size) for n in range(count)), IMAP_USER)
+    needles = imap_clients.needles(count)
+
+    ciphers: set[str] = set()
+
+    def run(port: int, user: str) -> Figures:
+        reader = imap_reader(port, user)
+        ciphers.add(reader.cipher())
+        if len(ciphers) > 1:  # the transports must be alike for the figures to compare
+            raise RuntimeError(f"Homing and Dovecot negotiated {' and '.join(sorted(ciphers))}")
+        try:
+            select_fetch = imap_clients.timed(lambda: reader.select_and_fetch_envelopes(count))
+            bodies = imap_clients.timed(lambda: reader.fetch_bodies(count, size))
+            search = imap_clients.timed(lambda: reader.search_text(imap_clients.NEEDLE, needles))
+        finally:
+            reader.close()
+        return {"envelope": select_fetch, "body": bodies, "search": search}
+
+    yield [
+        Case(
+            f"{count:,} messages",
+            (
+                Metric("envelope", "s, SELECT + FETCH ENVELOPE", False),
+                Metric("body", "s, FETCH BODY.PEEK[]", False),
+                Metric("search", 's, SEARCH TEXT "needle"', False),
+            ),
+            lambda: run(homing.ports[homing_server.imap_listener()], peers.USER),
+            lambda: run(dovecot_imap_port(dovecot), IMAP_USER),
+            targets={"envelope": 1.0, "body": 1.0},
+            warmup=True,
+        )
+    ]
+
+
+def raise_open_files(needed: int) -> None:
+    """The soft limit on open files up to the hard one (servers started later inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise SystemExit(f"{needed} open files needed, the hard limit is {hard}: ulimit -Hn")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@scenario(
+    "memory",
+    "Memory of idle IMAP sessions",
+    "Dovecot",
+    needs=("dovecot-imapd",),
+    notes=imap_transport,
+)
+def idle_memory(ctx: Context) -> Iterator[list[Case]]:
+    """1,000 IMAP sessions (`--quick`: 100), one per account, each logged in with INBOX (20
+    messages of 2 KiB) selected and in IDLE (RFC 2177), opened 25 at a time by a small asyncio
+    client, then held while the servers' memory is read from /proc: for Homing the `homing
+    serve` process, for Dovecot all its processes (master, log, config, anvil, auth,
+    imap-login, and one imap process per session, Dovecot's design). Each round starts
+    both servers afresh; the figure per session is the growth over the freshly started
+    server divided by the sessions. RSS counts the pages shared between Dovecot's
+    processes (libraries) once per process; PSS divides them among the processes sharing
+    them. Dovecot's login processes run in its high-performance mode (service_count = 0),
+    its limits raised to the session count; its IDLE hibernation is off, as by default.
+    Homing's accounts have argon2id password hashes of light cost (its app-password
+    parameters), so 1,000 logins take seconds (LOGIN costs are not what is measured)."""
+    options = ctx.options
+    sessions = options.idle_sessions
+    raise_open_files(2 * sessions + 200)
+    users = [f"idle{n}@bench.test" for n in range(sessions)]
+    mail = [imap_clients.message(n, IDLE_MESSAGE_SIZE) for n in range(IDLE_MESSAGES)]
+    base = ctx.base / "homing-idle"
+    base.mkdir()
+    settings = homing_server.merge(
+        homing_server.imap_settings(),
+        {
+            "limits": {
+                "connections_per_ip": str(sessions + 100),
+                "connections": str(2 * sessions + 100),
+            }
+        },
+    )
+    config = homing_server.create(base, settings)
+    with homing_server.open_store(config) as store:
+        accounts = homing_server.add_accounts(store, users, peers.PASSWORD, light=True)
+        homing_server.fill(store, ((account, body) for account in accounts for body in mail))
+    login = {
+        "service_count": "0",  # high-performance mode: few login processes, many clients each
+        "process_min_avail": str(os.cpu_count() or 1),
+        "client_limit": str(sessions + 100),
+        "vsz_limit": "1G",
+    }
+    extra = (
+        f"default_client_limit = {4 * sessions + 1000}\n"
+        f"service imap {{\n  process_limit = {sessions + 100}\n}}\n"
+        f"protocol imap {{\n  mail_max_userip_connections = {sessions + 10}\n}}\n"
+    )
+    dovecot = peers.Dovecot.configure(
+        ctx.base / "dovecot-idle",
+        ["imap"],
+        tls=not homing_server.IMAP_PLAINTEXT,
+        login=login,
+        extra=extra,
+    )
+    dovecot.add_users(users)
+    for user in users:
+        dovecot.fill_inbox(mail, user)
+    tls = not homing_server.IMAP_PLAINTEXT
+
+    def measure(port: int, memory: Callable[[], peers.Memory]) -> Figures:
+        before = memory()
+        run = imap_clients.IdleRun(port, tls, users, peers.PASSWORD, seconds=options.max_seconds)
+
+        def settled() -> peers.Memory:
+            time.sleep(1.0)  # the last sessions' processes finish setting up
+            return memory()
+
+        after = imap_clients.hold_idle(run, settled)
+        return {
+            "rss": (after.rss - before.rss) / sessions,
+            "pss": (after.pss - before.pss) / sessions,
+            "total": after.rss / 1024,
+        }
+
+    def on_homing() -> Figures:
+        server = Homing.start(config)
+        try:
+            return measure(server.ports[homing_server.imap_listener()], server.memory)
+        finally:
+            server.stop()
+
+    def on_dovecot() -> Figures:
+        dovecot.run()
+        try:
+            return measure(dovecot_imap_port(dovecot), dovecot.memory)
+        finally:
+            dovecot.stop()
+
+    yield [
+        Case(
+            f"{sessions:,} sessions in IDLE",
+            (
+                Metric("rss", "KiB RSS per session", False),
+                Metric("pss", "KiB PSS per session", False),
+                Metric("total", "MiB RSS in all", False),
+            ),
+            on_homing,
+            on_dovecot,
+            limits={"rss": 50.0},
+            warmup=True,  # Dovecot writes its index files at the first login
+            rounds=options.idle_rounds,
+        )
+    ]
+
+
+@scenario(
+    "scale",
+    "Scale with stored messages",
+    "Postfix and Dovecot",
+    needs=("postfix", "dovecot-imapd"),
+    notes=imap_transport,
+)
+def scale(ctx: Context) -> Iterator[list[Case]]:
+    """The SMTP acceptance (`smtp-source`, 10 KiB messages, concurrency 10) and the IMAP
+    `SELECT` + `FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)` figures with 1,000, 10,000 and
+    100,000 messages (`--quick`: 1,000 and 5,000) of 10 KiB already in the mailbox, to show
+    how the cost grows. Homing: one instance, its INBOX filled through the store API
+    (`homing serve` stopped meanwhile) up to each size in turn. Postfix: the acceptance
+    scenario's instance, delivering to a second Maildir filled up to the same sizes. Dovecot:
+    the IMAP scenario's instance, a second user's INBOX filled the same way. SMTP rounds
+    deliver into the counted mailbox, and what they delivered is removed after each round
+    (Homing: an expunge through the store API; Postfix: the new files), so every round
+    starts at the stated size. The FETCH runs as in the IMAP scenario (imaplib, one untimed
+    pass at each size first)."""
+    options = ctx.options
+    size, count, limit = options.message_size, options.scale_smtp_messages, options.max_seconds
+    settings = homing_server.merge(
+        homing_server.imap_settings(),
+        {"listen": {"smtp": homing_server.LOOPBACK}, "limits": {"connections_per_ip": "1000"}},
+    )
+    homing, store = ctx.homing("scale", settings)
+    [account] = homing_server.add_accounts(store, [peers.USER], peers.PASSWORD)
+    inbox = store.get_mailbox(account, "INBOX")
+    assert inbox is not None
+    postfix = ctx.postfix()
+    dovecot = ctx.dovecot()
+    dovecot.add_users([SCALE_USER])
+    stored = {"homing": 0, "postfix": 0, "dovecot": 0}
+    first_new_uid = [1]  # Homing's UIDs from here on came by SMTP
+
+    def fill_to(level: int) -> None:
+        started = time.monotonic()
+        homing.stop()
+        mail = ((account, pop3_retr.make_message(n, size)) for n in range(stored["homing"], level))
+        stored["homing"] += homing_server.fill(store, mail)
+        homing.restart()
+        info = store.get_mailbox(account, "INBOX")
+        assert info is not None and info.messages == level, info
+        first_new_uid[0] = info.uidnext
+        more = range(stored["postfix"], level)
+        stored["postfix"] += postfix.fill_maildir(
+            SCALE_USER, (pop3_retr.make_message(n, size) for n in more)
+        )
+        more = range(stored["dovecot"], level)
+        stored["dovecot"] += dovecot.fill_inbox(
+            (pop3_retr.make_message(n, size) for n in more), SCALE_USER
+        )
+        print(
+            f"  filled every mailbox to {level:,} in {time.monotonic() - started:.0f}s", flush=True
+        )
+
+    def trim_homing() -> None:
+        info = store.get_mailbox(account, "INBOX")
+        assert info is not None
+        store.expunge(inbox.id, range(first_new_uid[0], info.uidnext), force=True).result()
+
+    def smtp_homing() -> Figures:
+        cpu = homing.cpu_seconds()
+        seconds = smtp_source(homing.ports["smtp"], count, 10, size, limit)
+        cpu = homing.cpu_seconds() - cpu
+        trim_homing()
+        return {"rate": count / seconds, "cpu": 1000 * cpu / count}
+
+    def smtp_postfix() -> Figures:
+        delivered, cpu = postfix.delivered(SCALE_USER), postfix.cpu_seconds()
+        seconds = smtp_source(postfix.port, count, 10, size, limit, recipient=SCALE_USER)
+        postfix.wait_delivered(delivered + count, limit, SCALE_USER)
+        cpu = postfix.cpu_seconds() - cpu
+        postfix.trim_maildir(SCALE_USER)
+        return {"rate": count / seconds, "cpu": 1000 * cpu / count}
+
+    def fetch(port: Callable[[], int], user: str, level: int) -> Figures:
+        reader = imap_reader(port(), user)
+        try:
+            seconds = imap_clients.timed(lambda: reader.select_and_fetch_envelopes(level))
+        finally:
+            reader.close()
+        return {"envelope": seconds}
+
+    cases = []
+    for level in options.scale_levels:
+        cases += [
+            Case(
+                f"{level:,} stored: SELECT + FETCH ENVELOPE",
+                (Metric("envelope", "seconds", False),),
+                partial(
+                    fetch, lambda: homing.ports[homing_server.imap_listener()], peers.USER, level
+                ),
+                partial(fetch, lambda: dovecot_imap_port(dovecot), SCALE_USER, level),
+                targets={"envelope": 1.0},
+                warmup=True,
+                prepare=partial(fill_to, level),
+                peer_name="Dovecot",
+            ),
+            Case(
+                f"{level:,} stored: SMTP concurrency 10",
+                (RATE, CPU),
+                smtp_homing,
+                smtp_postfix,
+                targets={"rate": 1.0},
+                peer_name="Postfix",
+            ),
+        ]
+    yield cases
+
+
 # --- running ---------------------------------------------------------------------------------
 
 
@@ -478,6 +986,10 @@ class Outcome:
     case: Case
     homing: list[Figures]
     peer: list[Figures]
+
+    @property
+    def peer_name(self) -> str:
+        return self.case.peer_name or self.scenario.peer
 
 
 @dataclass(frozen=True)
@@ -511,6 +1023,9 @@ def target_met(metric: Metric, ratio: float, target: float) -> bool:
 
 def run_case(sc: Scenario, case: Case, rounds: int, started: float) -> Outcome:
     outcome = Outcome(sc, case, [], [])
+    rounds = case.rounds or rounds
+    if case.prepare is not None:
+        case.prepare()
     if case.warmup:
         print(f"  {sc.key} {case.name}: warm-up pass of each", flush=True)
         case.homing()
@@ -520,7 +1035,7 @@ def run_case(sc: Scenario, case: Case, rounds: int, started: float) -> Outcome:
         outcome.peer.append(case.peer())
         shown = "  ".join(
             f"{m.label}: Homing {number(outcome.homing[-1][m.key])}"
-            f" / {sc.peer} {number(outcome.peer[-1][m.key])}"
+            f" / {outcome.peer_name} {number(outcome.peer[-1][m.key])}"
             for m in case.metrics
         )
         elapsed = time.monotonic() - started
@@ -600,7 +1115,7 @@ def machine(
         ("Python", f"{platform.python_version()}, {loop}"),
         ("Homing", f"commit {commit}"),
     ]
-    peers_used = {sc.peer for sc in selected}
+    peers_used = " ".join(sc.peer for sc in selected)
     if "Postfix" in peers_used:
         rows.append(("Postfix", peers.postfix_version()))
     if "Dovecot" in peers_used:
@@ -628,41 +1143,55 @@ def markdown(
         kind = "quick smoke run (`bench/run --quick`): small counts, not for comparison"
     else:
         kind = "full run (`bench/run`)"
+    fewer = sorted(
+        {f"{o.scenario.key} {len(o.homing)}" for o in outcomes if len(o.homing) != options.rounds}
+    )
+    exceptions = f" (but {', '.join(fewer)})" if fewer else ""
     out = [
         "# Homing side by side with Postfix and Dovecot",
         "",
-        f"{now}, {kind}; {options.rounds} rounds per case, run interleaved (Homing, peer, "
-        f"Homing, peer, ...); {seconds / 60:.1f} minutes in all.",
+        f"{now}, {kind}; {options.rounds} rounds per case{exceptions}, run interleaved "
+        f"(Homing, peer, Homing, peer, ...); {seconds / 60:.1f} minutes in all.",
         "",
         "Each cell: median (min–max) over the rounds. **Homing/peer** is the ratio of each "
         "round's pair, median (min–max): above 1 is more for Homing, so better for "
-        "messages/s and worse for CPU or milliseconds (the *Better* column says which). "
-        "*Target* is the project's goal for that ratio.",
+        "messages/s and worse for CPU, seconds, milliseconds or memory (the *Better* column "
+        "says which). *Target* is the project's goal for that ratio, or (*Homing ≤ x*) for "
+        "Homing's own median.",
         "",
         "| Scenario | Case | Metric | Better | Homing | Peer | Homing/peer | Target |",
         "|---|---|---|---|---|---|---|---|",
     ]
     verdicts: list[str] = []
     for outcome in outcomes:
-        sc, case = outcome.scenario, outcome.case
+        sc, case, peer = outcome.scenario, outcome.case, outcome.peer_name
         for metric in case.metrics:
             summary = summarise(outcome, metric)
+            sign = "≥" if metric.higher_is_better else "≤"
+            goals = []
             target = case.targets.get(metric.key)
-            goal = ""
             if target is not None:
                 met = target_met(metric, summary.ratio[0], target)
-                sign = "≥" if metric.higher_is_better else "≤"
-                goal = f"{sign} {target:.1f}: {'met' if met else '**not met**'}"
+                goals.append(f"{sign} {target:.1f}: {'met' if met else '**not met**'}")
                 verdicts.append(
-                    f"- {sc.title}, {case.name}, {metric.label}: Homing/{sc.peer} "
+                    f"- {sc.title}, {case.name}, {metric.label}: Homing/{peer} "
                     f"{number(summary.ratio[0])} against a target of {sign} {target:.1f}: "
+                    f"{'met' if met else 'not met'}."
+                )
+            limit = case.limits.get(metric.key)
+            if limit is not None:
+                met = target_met(metric, summary.homing[0], limit)
+                goals.append(f"Homing {sign} {number(limit)}: {'met' if met else '**not met**'}")
+                verdicts.append(
+                    f"- {sc.title}, {case.name}, {metric.label}: Homing "
+                    f"{number(summary.homing[0])} against a target of {sign} {number(limit)}: "
                     f"{'met' if met else 'not met'}."
                 )
             better = "higher" if metric.higher_is_better else "lower"
             out.append(
-                f"| {sc.title} (vs {sc.peer}) | {case.name} | {metric.label} | {better} "
+                f"| {sc.title} (vs {peer}) | {case.name} | {metric.label} | {better} "
                 f"| {cell(summary.homing)} | {cell(summary.peer)} | **{cell(summary.ratio)}** "
-                f"| {goal} |"
+                f"| {'; '.join(goals)} |"
             )
     out += ["", "## Where Homing stands", "", *verdicts, ""]
     out += [
@@ -683,7 +1212,11 @@ def markdown(
     out += [
         f"Counts: SMTP acceptance {options.smtp_messages:,} messages per concurrency level per "
         f"side per round; latency {options.latency_transactions:,} transactions per side per "
-        f"round; POP3 INBOX of {options.pop3_messages:,} messages; messages of "
+        f"round; relay {options.relay_messages:,} messages per side per round; POP3 INBOX of "
+        f"{options.pop3_messages:,} messages; IMAP INBOX of {options.imap_messages:,} "
+        f"messages; {options.idle_sessions:,} idle IMAP sessions; scale "
+        f"{', '.join(f'{level:,}' for level in options.scale_levels)} stored messages, "
+        f"{options.scale_smtp_messages:,} SMTP messages per side per round; messages of "
         f"{options.message_size:,} bytes.",
         "",
         "## Machine",
@@ -725,12 +1258,13 @@ def chart(outcomes: list[Outcome], path: Path, options: Options) -> None:
             direction = "higher" if metric.higher_is_better else "lower"
             label = (
                 f"{outcome.scenario.title}, {outcome.case.name}\n"
-                f"{metric.label} ({direction} is better), vs {outcome.scenario.peer}"
+                f"{metric.label} ({direction} is better), vs {outcome.peer_name}"
             )
             colour = "#2e8b57" if homing_better(metric, ratio[0]) else "#c0392b"
             rows.append((label, ratio, colour))
     finite = [v for _, r, _ in rows for v in r if 0 < v < math.inf] or [1.0]
-    low, high = min([*finite, 0.5]) / 1.6, max([*finite, 2.0]) * 1.6
+    # room beyond the longest bars for their labels (a ratio can be 0.01: memory)
+    low, high = min([*finite, 0.5]) / 3, max([*finite, 2.0]) * 3
     clip = [(min(max(m, low), high), min(max(a, low), high), min(max(b, low), high))
             for _, (m, a, b), _ in rows]  # fmt: skip
     figure, axes = plt.subplots(figsize=(10, 0.55 * len(rows) + 1.5))
@@ -751,7 +1285,8 @@ def chart(outcomes: list[Outcome], path: Path, options: Options) -> None:
     axes.axvline(1.0, color="black", linewidth=1)
     axes.set_xscale("log")
     axes.set_xlim(low, high)
-    ticks = [t for t in (0.1, 0.2, 0.25, 0.5, 1, 2, 4, 5, 10, 20) if low <= t <= high]
+    steps = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+    ticks = [t for t in steps if low <= t <= high]
     axes.xaxis.set_major_locator(FixedLocator(ticks))
     axes.xaxis.set_minor_locator(NullLocator())
     axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}×"))
@@ -791,9 +1326,11 @@ def ensure_chart_library(install: bool) -> None:
 
 def options_from(args: argparse.Namespace) -> Options:
     quick = bool(args.quick)
+    rounds = args.rounds or (2 if quick else 7)
+    default_levels = "1000,5000" if quick else "1000,10000,100000"
     return Options(
         quick=quick,
-        rounds=args.rounds or (2 if quick else 7),
+        rounds=rounds,
         smtp_messages=args.smtp_messages or (150 if quick else 2000),
         smtp_levels=tuple(int(level) for level in args.concurrency.split(",")),
         latency_transactions=args.latency_transactions or (200 if quick else 2000),
@@ -801,6 +1338,13 @@ def options_from(args: argparse.Namespace) -> Options:
         pop3_messages=args.pop3_messages or (1000 if quick else 10_000),
         message_size=10 * 1024,
         pop3_window=64,
+        relay_messages=args.relay_messages or (200 if quick else 2000),
+        relay_domains=(1, 10),
+        imap_messages=args.imap_messages or (1000 if quick else 10_000),
+        idle_sessions=args.idle_sessions or (100 if quick else 1000),
+        idle_rounds=min(rounds, 3),  # memory figures hardly vary; each round is costly
+        scale_levels=tuple(int(n) for n in (args.scale_levels or default_levels).split(",")),
+        scale_smtp_messages=args.scale_smtp_messages or (150 if quick else 1000),
         max_seconds=args.max_seconds,
     )
 
@@ -819,6 +1363,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", default="1,10,50", help="SMTP acceptance levels")
     parser.add_argument("--latency-transactions", type=int, default=0, help="(2000; quick 200)")
     parser.add_argument("--pop3-messages", type=int, default=0, help="INBOX size (10000; 1000)")
+    parser.add_argument("--relay-messages", type=int, default=0, help="per round (2000; 200)")
+    parser.add_argument("--imap-messages", type=int, default=0, help="INBOX size (10000; 1000)")
+    parser.add_argument("--idle-sessions", type=int, default=0, help="IMAP IDLE (1000; 100)")
+    parser.add_argument(
+        "--scale-levels", default="", help="stored messages (1000,10000,100000; 1000,5000)"
+    )
+    parser.add_argument(
+        "--scale-smtp-messages", type=int, default=0, help="per round and level (1000; 150)"
+    )
     parser.add_argument("--max-seconds", type=float, default=300, help="limit for one run")
     parser.add_argument(
         "--out",

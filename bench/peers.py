@@ -6,20 +6,24 @@ machine's own Postfix or Dovecot (if any) is neither used nor disturbed. Mail is
 the unprivileged `nobody` (no system users are created). Each instance is stopped by the PID
 of its master process, and any process of its tree still alive after a bounded wait is killed.
 
-Also here: installing the Debian packages the peers need, and CPU accounting of a whole
-process tree through /proc (a Postfix or Dovecot master and every daemon it started).
+Also here: Postfix's `smtp-sink` as the remote mail exchanger of the relay scenario,
+installing the Debian packages the peers need, and CPU and memory accounting of a whole process
+tree through /proc (a Postfix or Dovecot master and every daemon it started).
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import re
+import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -111,6 +115,42 @@ def tree_cpu_seconds(root: int) -> float:
         if stat is not None:
             total += stat[1]
     return total
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Resident memory of a process tree, KiB: RSS summed over its processes (pages shared
+    between them, such as libraries, counted once per process), and PSS (each shared page
+    divided among the processes that map it, so the sum is what the tree really holds)."""
+
+    rss: int
+    pss: int
+    processes: int
+
+
+def _memory_kib(pid: int) -> tuple[int, int] | None:
+    """(RSS, PSS) of one process from /proc/PID/smaps_rollup, None if it is gone."""
+    rss = pss = 0
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    for line in text.splitlines():
+        if line.startswith("Rss:"):
+            rss = int(line.split()[1])
+        elif line.startswith("Pss:"):
+            pss = int(line.split()[1])
+    return rss, pss
+
+
+def tree_memory(root: int) -> Memory:
+    """Resident memory of `root` and every live descendant (zombies hold none)."""
+    rss = pss = processes = 0
+    for pid in process_tree(root):
+        found = _memory_kib(pid)
+        if found is not None and _alive(pid):
+            rss, pss, processes = rss + found[0], pss + found[1], processes + 1
+    return Memory(rss, pss, processes)
 
 
 def free_port() -> int:
@@ -222,19 +262,33 @@ virtual_uid_maps = static:{uid}
 virtual_gid_maps = static:{gid}
 """
 
+# A relaying instance: mail accepted by its smtpd is put on hold (access(5) HOLD), so a
+# benchmark can fill the queue first and then release it all at once (`Postfix.release`);
+# Postfix's own smtp(8) client then relays everything to `relayhost`.
+POSTFIX_RELAY_CF = """\
+relayhost = [127.0.0.1]:{port}
+smtpd_recipient_restrictions = check_recipient_access static:HOLD
+"""
+
+QUEUES = ("maildrop", "incoming", "active", "deferred", "hold")
+FILL_PREFIX = "fill."  # names of the Maildir files `Postfix.fill_maildir` writes
+
 
 @dataclass
 class Postfix:
-    """A running throwaway Postfix: smtpd on 127.0.0.1:`port`, mail for USER delivered by
-    virtual(8) into the Maildir `maildir`."""
+    """A running throwaway Postfix: smtpd on 127.0.0.1:`port`, mail for each of `mailboxes`
+    (USER by default) delivered by virtual(8) into a Maildir of its own; with `relay_port`,
+    mail for other domains held on arrival and then relayed to 127.0.0.1:`relay_port`."""
 
     base: Path
     port: int
     master_pid: int
-    maildir: Path
+    maildir: Path  # USER's
 
     @classmethod
-    def start(cls, base: Path) -> Postfix:
+    def start(
+        cls, base: Path, *, mailboxes: Sequence[str] = (USER,), relay_port: int | None = None
+    ) -> Postfix:
         base.mkdir(parents=True)
         base.chmod(0o755)  # the daemons run as user postfix or nobody
         for sub in ("conf", "queue", "data", "vmail"):
@@ -244,9 +298,14 @@ class Postfix:
         port = free_port()
         conf = base / "conf"
         values = {"base": base, "domain": DOMAIN, "uid": MAIL_UID, "gid": MAIL_GID}
-        (conf / "main.cf").write_text(POSTFIX_MAIN_CF.format(**values))
+        main_cf = POSTFIX_MAIN_CF.format(**values)
+        if relay_port is not None:
+            main_cf += POSTFIX_RELAY_CF.format(port=relay_port)
+        (conf / "main.cf").write_text(main_cf)
         (conf / "master.cf").write_text(POSTFIX_MASTER_CF.format(port=port))
-        (conf / "vmailbox").write_text(f"{USER} {DOMAIN}/bench/\n")
+        (conf / "vmailbox").write_text(
+            "".join(f"{address} {DOMAIN}/{_local(address)}/\n" for address in mailboxes)
+        )
         started = subprocess.run(
             ["postfix", "-c", str(conf), "start"], capture_output=True, check=False, timeout=60
         )
@@ -256,7 +315,7 @@ class Postfix:
             if pid is not None:
                 stop_tree(pid)
             raise RuntimeError(f"postfix did not start; its log:\n{tail(base / 'maillog')}")
-        peer = cls(base, port, pid, base / "vmail" / DOMAIN / "bench")
+        peer = cls(base, port, pid, base / "vmail" / DOMAIN / _local(USER))
         try:
             wait_listening(port, 15)
         except RuntimeError:
@@ -264,29 +323,92 @@ class Postfix:
             raise
         return peer
 
-    def delivered(self) -> int:
-        """Messages virtual(8) has written into the mailbox so far."""
+    def maildir_of(self, address: str) -> Path:
+        return self.base / "vmail" / DOMAIN / _local(address)
+
+    def delivered(self, address: str = USER) -> int:
+        """Messages in the mailbox's new/ so far (what virtual(8) delivered, and any
+        `fill_maildir` wrote)."""
         try:
-            return sum(1 for _ in os.scandir(self.maildir / "new"))
+            return sum(1 for _ in os.scandir(self.maildir_of(address) / "new"))
         except FileNotFoundError:
             return 0
 
-    def wait_delivered(self, count: int, seconds: float) -> None:
+    def wait_delivered(self, count: int, seconds: float, address: str = USER) -> None:
         """Until `count` messages are in the mailbox (the queue has drained)."""
         deadline = time.monotonic() + seconds
-        while self.delivered() < count:
+        while self.delivered(address) < count:
             if time.monotonic() > deadline:
                 raise RuntimeError(
-                    f"postfix delivered {self.delivered()} of {count} messages in {seconds:.0f}s;"
-                    f" its log:\n{tail(self.base / 'maillog')}"
+                    f"postfix delivered {self.delivered(address)} of {count} messages in "
+                    f"{seconds:.0f}s; its log:\n{tail(self.base / 'maillog')}"
                 )
             time.sleep(0.05)  # each look lists the Maildir: keep the harness's own CPU small
+
+    def fill_maildir(self, address: str, messages: Iterable[bytes]) -> int:
+        """Write messages (CRLF line ends) into the mailbox's new/ as virtual(8) would store
+        them (LF line ends, owned by the mail user), named FILL_PREFIX...; returns how many."""
+        maildir = self.maildir_of(address)
+        new = maildir / "new"
+        for sub in (maildir.parent, maildir, new, maildir / "cur", maildir / "tmp"):
+            sub.mkdir(exist_ok=True)  # virtual(8), as the mail user, makes its own
+            os.chown(sub, MAIL_UID, MAIL_GID)
+        existing = sum(1 for entry in os.scandir(new) if entry.name.startswith(FILL_PREFIX))
+        count = 0
+        for n, message in enumerate(messages, existing):
+            path = new / f"{FILL_PREFIX}{n}.bench"
+            path.write_bytes(message.replace(b"\r\n", b"\n"))
+            os.chown(path, MAIL_UID, MAIL_GID)
+            count += 1
+        return count
+
+    def trim_maildir(self, address: str) -> int:
+        """Remove what virtual(8) delivered to the mailbox, keeping what `fill_maildir`
+        wrote; returns how many files went."""
+        removed = 0
+        for entry in os.scandir(self.maildir_of(address) / "new"):
+            if not entry.name.startswith(FILL_PREFIX):
+                os.unlink(entry.path)
+                removed += 1
+        return removed
+
+    def queued(self, queues: Sequence[str] = QUEUES) -> int:
+        """Queue files in `queues` (all of them: what is not yet delivered)."""
+        total = 0
+        for queue in queues:
+            for _, _, files in os.walk(self.base / "queue" / queue):
+                total += len(files)
+        return total
+
+    def wait_queued(self, count: int, seconds: float, queues: Sequence[str] = QUEUES) -> None:
+        """Until exactly `count` queue files are in `queues`."""
+        deadline = time.monotonic() + seconds
+        while (found := self.queued(queues)) != count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"postfix has {found} queue files in {', '.join(queues)}, expected "
+                    f"{count}, after {seconds:.0f}s; its log:\n{tail(self.base / 'maillog')}"
+                )
+            time.sleep(0.05)
+
+    def release(self) -> None:
+        """What an administrator does to send held mail now: `postsuper -H ALL` (hold to
+        deferred queue) and `postqueue -f` (qmgr scans the deferred queue at once)."""
+        conf = str(self.base / "conf")
+        for command in (["postsuper", "-c", conf, "-H", "ALL"], ["postqueue", "-c", conf, "-f"]):
+            done = subprocess.run(command, capture_output=True, timeout=120, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)}: {done.stderr.decode(errors='replace')}")
 
     def cpu_seconds(self) -> float:
         return tree_cpu_seconds(self.master_pid)
 
     def stop(self) -> None:
         stop_tree(self.master_pid)
+
+
+def _local(address: str) -> str:
+    return address.split("@", maxsplit=1)[0]
 
 
 def _postfix_ids() -> tuple[int, int]:
@@ -297,14 +419,14 @@ def _postfix_ids() -> tuple[int, int]:
 # --- Dovecot ---------------------------------------------------------------------------------
 
 DOVECOT_CONF = """\
-# Throwaway Dovecot for bench/harness.py: loopback only, no TLS, one passwd-file user.
+# Throwaway Dovecot for bench/harness.py: loopback only, passwd-file users.
 instance_name = homing-bench-{tag}
 base_dir = {base}/run
 state_dir = {base}/state
 log_path = {base}/dovecot.log
 protocols = {protocols}
 listen = 127.0.0.1
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 mail_location = maildir:{base}/mail/%n
 default_login_user = dovenull
@@ -317,9 +439,10 @@ userdb {{
   driver = static
   args = uid={uid} gid={gid} home={base}/home/%n
 }}
-{services}"""
+{services}{extra}"""
 
-# One per protocol: the clear-text listener on 127.0.0.1, the implicit-TLS one off (port 0).
+# One per protocol: the clear-text listener on 127.0.0.1, and with TLS the implicit-TLS one
+# (port 0: off); `login` holds extra settings of the login service.
 DOVECOT_SERVICE = """\
 service {protocol}-login {{
   inet_listener {protocol} {{
@@ -327,83 +450,244 @@ service {protocol}-login {{
     port = {port}
   }}
   inet_listener {protocol}s {{
-    port = 0
+    address = 127.0.0.1
+    port = {tls_port}
   }}
-}}
+{login}}}
 """
+
+DOVECOT_DH = Path("/usr/share/dovecot/dh.pem")  # Debian's, for DHE suites under TLS 1.2
+
+
+def make_certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate for `name` (the kind `homing init --dev` makes):
+    (certificate, key) PEM files in `directory`, readable by root only."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "7", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    key.chmod(0o600)
+    return cert, key
 
 
 @dataclass
 class Dovecot:
-    """A running throwaway Dovecot (in the foreground, so its PID is our child's) with one
-    user, USER/PASSWORD, whose INBOX is the Maildir `maildir`."""
+    """A throwaway Dovecot (run in the foreground, so its PID is our child's) whose users
+    (USER, and any `add_users` adds) share PASSWORD; each one's INBOX is a Maildir.
+    `ports` has one clear-text port per protocol ("imap") and, with TLS, one implicit-TLS
+    port ("imaps"). `configure` writes it, `run` starts it; it can be stopped and run again."""
 
     base: Path
-    process: subprocess.Popen[bytes]
     ports: dict[str, int]
-    maildir: Path
+    maildir: Path  # USER's
+    process: subprocess.Popen[bytes] | None = None
+    _filled: int = field(default=0, repr=False)
 
     @classmethod
-    def start(cls, base: Path, protocols: Sequence[str] = ("pop3",)) -> Dovecot:
+    def configure(
+        cls,
+        base: Path,
+        protocols: Sequence[str] = ("pop3",),
+        *,
+        tls: bool = False,
+        login: Mapping[str, str] | None = None,
+        extra: str = "",
+    ) -> Dovecot:
+        """Write the configuration under `base`: `login` settings go into each protocol's
+        login service, `extra` (whole settings or sections) at the end."""
         base.mkdir(parents=True)
         base.chmod(0o755)
         for sub in ("run", "state", "home", "mail"):
             (base / sub).mkdir()
-        maildir = base / "mail" / USER.split("@", maxsplit=1)[0]
-        for sub in ("cur", "new", "tmp"):
-            (maildir / sub).mkdir(parents=True)
-        for path in (base / "home", base / "mail", maildir, *maildir.iterdir()):
+        for path in (base / "home", base / "mail"):
             os.chown(path, MAIL_UID, MAIL_GID)
         ports = {protocol: free_port() for protocol in protocols}
+        if tls:
+            ports |= {f"{protocol}s": free_port() for protocol in protocols}
+            cert, key = make_certificate(base, f"peer.{DOMAIN}")
+            ssl = f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}"
+            if DOVECOT_DH.exists():
+                ssl += f"\nssl_dh = <{DOVECOT_DH}"
+        else:
+            ssl = "ssl = no"
+        login_lines = "".join(f"  {key} = {value}\n" for key, value in (login or {}).items())
         values = {
             "base": base,
             "tag": base.name,
             "protocols": " ".join(protocols),
+            "ssl": ssl,
             "uid": MAIL_UID,
             "gid": MAIL_GID,
             "services": "".join(
-                DOVECOT_SERVICE.format(protocol=protocol, port=port)
-                for protocol, port in ports.items()
+                DOVECOT_SERVICE.format(
+                    protocol=protocol,
+                    port=ports[protocol],
+                    tls_port=ports.get(f"{protocol}s", 0),
+                    login=login_lines,
+                )
+                for protocol in protocols
             ),
+            "extra": extra,
         }
-        conf = base / "dovecot.conf"
-        conf.write_text(DOVECOT_CONF.format(**values))
-        (base / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
-        with (base / "stderr.log").open("wb") as err:
-            process = subprocess.Popen(["dovecot", "-F", "-c", str(conf)], stdout=err, stderr=err)
-        peer = cls(base, process, ports, maildir)
-        try:
-            wait_listening(ports[protocols[0]], 15)
-        except RuntimeError as exc:
-            peer.stop()
-            raise RuntimeError(f"{exc}; dovecot log:\n{tail(base / 'dovecot.log')}") from None
+        (base / "dovecot.conf").write_text(DOVECOT_CONF.format(**values))
+        peer = cls(base, ports, base / "mail" / _local(USER))
+        peer.add_users([USER])
         return peer
 
-    def fill_inbox(self, messages: Iterable[bytes]) -> int:
-        """Write messages (CRLF line ends) into the INBOX as Dovecot's own delivery would:
+    @classmethod
+    def start(
+        cls,
+        base: Path,
+        protocols: Sequence[str] = ("pop3",),
+        *,
+        tls: bool = False,
+        login: Mapping[str, str] | None = None,
+        extra: str = "",
+    ) -> Dovecot:
+        peer = cls.configure(base, protocols, tls=tls, login=login, extra=extra)
+        peer.run()
+        return peer
+
+    def run(self) -> None:
+        """Start Dovecot and wait until it listens."""
+        conf = self.base / "dovecot.conf"
+        with (self.base / "stderr.log").open("ab") as err:
+            self.process = subprocess.Popen(
+                ["dovecot", "-F", "-c", str(conf)], stdout=err, stderr=err
+            )
+        try:
+            for port in self.ports.values():
+                wait_listening(port, 15)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}; dovecot log:\n{tail(self.base / 'dovecot.log')}") from None
+
+    def maildir_of(self, address: str) -> Path:
+        return self.base / "mail" / _local(address)
+
+    def add_users(self, addresses: Iterable[str]) -> None:
+        """Users with PASSWORD and an empty INBOX (passwd-file is re-read when it changes,
+        so a running Dovecot knows them at once)."""
+        lines = []
+        for address in addresses:
+            maildir = self.maildir_of(address)
+            for sub in ("cur", "new", "tmp"):
+                (maildir / sub).mkdir(parents=True)
+            for path in (maildir, *maildir.iterdir()):
+                os.chown(path, MAIL_UID, MAIL_GID)
+            lines.append(f"{address}:{{PLAIN}}{PASSWORD}\n")
+        with (self.base / "passwd").open("a") as passwd:
+            passwd.write("".join(lines))
+
+    def fill_inbox(self, messages: Iterable[bytes], address: str = USER) -> int:
+        """Write messages (CRLF line ends) into an INBOX as Dovecot's own delivery would:
         LF line ends on disk, S= (file size) and W= (size with CRLF) in the file name, so
         Dovecot never has to read a file to learn its size. Returns how many were written."""
         stamp = int(time.time())
+        cur = self.maildir_of(address) / "cur"
         count = 0
-        for n, message in enumerate(messages):
+        for message in messages:
             data = message.replace(b"\r\n", b"\n")
-            name = f"{stamp}.M{n}P{os.getpid()}.bench,S={len(data)},W={len(message)}:2,"
-            path = self.maildir / "cur" / name
+            self._filled += 1
+            name = f"{stamp}.M{self._filled}P{os.getpid()}.bench,S={len(data)},W={len(message)}:2,"
+            path = cur / name
             path.write_bytes(data)
             os.chown(path, MAIL_UID, MAIL_GID)
             count += 1
         return count
 
     def cpu_seconds(self) -> float:
+        assert self.process is not None
         return tree_cpu_seconds(self.process.pid)
 
+    def memory(self) -> Memory:
+        assert self.process is not None
+        return tree_memory(self.process.pid)
+
     def stop(self) -> None:
+        if self.process is None:
+            return
         stop_tree(self.process.pid)
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=10)
+        self.process = None
+
+
+# --- smtp-sink -------------------------------------------------------------------------------
+
+SINK_COUNTERS = re.compile(rb"sess=(\d+) quit=(\d+) mesg=(\d+)")
+
+
+class SmtpSink:
+    """Postfix's `smtp-sink` on 127.0.0.1: accepts every message and throws it away, and
+    counts (`-c`, one line of counters after each message, read here from its stdout)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        path = shutil.which("smtp-sink") or shutil.which("smtp-sink", path="/usr/sbin:/sbin")
+        if path is None:
+            raise SystemExit("smtp-sink not found (Debian package postfix)")
+        self.port = port or free_port()
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []
+        self.process = subprocess.Popen(
+            [path, *user, "-c", "-m", "512", f"127.0.0.1:{self.port}", "256"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self._messages = 0
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, name="smtp-sink", daemon=True)
+        self._reader.start()
+        try:
+            wait_listening(self.port, 15)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        pending = b""
+        while chunk := os.read(fd, 65536):
+            pending += chunk
+            *records, pending = pending.split(b"\r")
+            for record in reversed(records):
+                if found := SINK_COUNTERS.search(record):
+                    with self._lock:
+                        self._messages = int(found.group(3))
+                    break
+
+    def received(self) -> int:
+        """Messages received since the sink started (a "." acknowledged)."""
+        with self._lock:
+            return self._messages
+
+    def wait_received(self, count: int, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while self.received() < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"smtp-sink received {self.received()} of {count} messages in {seconds:.0f}s"
+                )
+            if self.process.poll() is not None:
+                raise RuntimeError("smtp-sink exited")
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self._reader.join(timeout=10)  # it sees the end of the pipe once the sink is gone
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 def postfix_version() -> str:

@@ -29,6 +29,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from homing.app import loop_factory
 from homing.clock import SystemClock
@@ -99,10 +100,12 @@ def fill(store: Store, count: int, domains: int, size: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-async def relay(store: Store, router: Router, config_doc: dict, port: int, batch: int) -> float:
+async def relay(
+    store: Store, router: Router, config_doc: dict[str, Any], port: int, batch: int
+) -> float:
     config = parse_config(config_doc, base_dir=Path(config_doc["data_dir"]))
     domains = {e.domain for e in store.spool.entries()}
-    zones = {d: {"MX": [(10, "sink.bench.test")]} for d in domains}
+    zones: dict[str, dict[str, list[Any]]] = {d: {"MX": [(10, "sink.bench.test")]} for d in domains}
     zones["sink.bench.test"] = {"A": ["127.0.0.1"]}
     runner = build_runner(store, config, SystemClock(), router, resolver=FakeResolver(zones))
     runner.settings = replace(runner.settings, batch=batch, concurrency=len(domains))

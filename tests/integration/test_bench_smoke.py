@@ -2,8 +2,11 @@
 
 The smoke test runs `bench/run --quick --only smtp`: Homing and a throwaway Postfix end to
 end; it checks that the table is written with every figure and that no server is left behind.
-No timing is asserted (figures depend on the machine). The other tests check the arithmetic
-of the report: percentiles, per-round paired ratios, which direction meets a target."""
+No timing is asserted (figures depend on the machine). The heavier scenarios (relay, IMAP,
+memory, scale) are not run here; their building blocks are: the Homing configuration
+rewrite, smtp-sink's message counter, the planted search words. The other tests check the
+arithmetic of the report: percentiles, per-round paired ratios, which direction meets a
+target, absolute targets and per-case peers in the table."""
 
 from __future__ import annotations
 
@@ -11,9 +14,11 @@ import importlib
 import os
 import re
 import shutil
+import smtplib
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -23,6 +28,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SMTP_SOURCE = shutil.which("smtp-source") or (
     "/usr/sbin/smtp-source" if Path("/usr/sbin/smtp-source").exists() else None
+)
+
+SMTP_SINK = shutil.which("smtp-sink") or (
+    "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None
 )
 
 needs_postfix = pytest.mark.skipif(
@@ -97,9 +106,88 @@ def test_ratios_are_paired_per_round_and_targets_follow_the_metric_direction(
 
 
 def test_every_scenario_is_registered_with_a_description(harness: ModuleType) -> None:
-    assert {"smtp", "latency", "pop3"} <= set(harness.SCENARIOS)
+    keys = {"smtp", "latency", "relay", "pop3", "imap", "memory", "scale"}
+    assert keys <= set(harness.SCENARIOS)
     for scenario in harness.SCENARIOS.values():
-        assert scenario.description and scenario.peer in ("Postfix", "Dovecot")
+        assert scenario.description
+        assert scenario.peer in ("Postfix", "Dovecot", "Postfix and Dovecot")
+    # the IMAP scenarios say how their clients connect (clear text or TLS)
+    assert "IMAP over" in harness.SCENARIOS["memory"].description
+
+
+def test_table_shows_absolute_targets_and_each_case_s_peer(harness: ModuleType) -> None:
+    options = harness.options_from(harness.parse_args(["--quick"]))
+    memory = harness.Metric("rss", "KiB RSS per session", higher_is_better=False)
+    rate = harness.Metric("rate", "messages/s", higher_is_better=True)
+    outcomes = [
+        harness.Outcome(
+            harness.SCENARIOS["memory"],
+            harness.Case("100 sessions", (memory,), dict, dict, limits={"rss": 50.0}, rounds=1),
+            homing=[{"rss": 80.0}],
+            peer=[{"rss": 800.0}],
+        ),
+        harness.Outcome(
+            harness.SCENARIOS["scale"],
+            harness.Case(
+                "1,000 stored", (rate,), dict, dict, targets={"rate": 1.0}, peer_name="Postfix"
+            ),
+            homing=[{"rate": 600.0}, {"rate": 500.0}],
+            peer=[{"rate": 500.0}, {"rate": 500.0}],
+        ),
+    ]
+    text = harness.markdown(outcomes, options, [("CPU", "test")], 60.0)
+    memory_row = next(line for line in text.splitlines() if line.startswith("| Memory"))
+    assert "(vs Dovecot)" in memory_row
+    assert "Homing ≤ 50.0: **not met**" in memory_row
+    assert "**0.100 (0.100–0.100)**" in memory_row  # 80 / 800
+    scale_row = next(line for line in text.splitlines() if line.startswith("| Scale"))
+    assert "(vs Postfix)" in scale_row and "≥ 1.0: met" in scale_row
+    assert "2 rounds per case (but memory 1)" in text
+    assert "Homing/Postfix 1.10 against a target of ≥ 1.0: met." in text
+
+
+def test_needles_are_planted_where_counted(harness: ModuleType) -> None:
+    clients = sys.modules["imap_clients"]
+    messages = [clients.message(n, 2048) for n in range(120)]
+    with_needle = [n for n, m in enumerate(messages) if clients.NEEDLE.encode() in m]
+    assert len(with_needle) == clients.needles(120) == 3
+    for n in with_needle:  # in the body, as a word, the size unchanged
+        head, body = messages[n].split(b"\r\n\r\n", 1)
+        assert body.startswith(clients.NEEDLE.encode() + b" ")
+        assert clients.NEEDLE.encode() not in head
+        assert len(messages[n]) == len(sys.modules["pop3_retr"].make_message(n, 2048))
+
+
+def test_homing_configuration_keeps_only_the_asked_listeners(harness: ModuleType) -> None:
+    setup = sys.modules["homing_server"]
+    base = Path(tempfile.mkdtemp(prefix="homing-bench-test-"))
+    try:
+        config = setup.create(
+            base, {"listen": {"smtp": setup.LOOPBACK}, "limits": {"connections_per_ip": "777"}}
+        )
+        loaded = tomllib.loads(config.read_text())
+        assert loaded["listen"]["smtp"] == ["127.0.0.1:0"]
+        assert all(v == [] for k, v in loaded["listen"].items() if k != "smtp")
+        assert loaded["limits"]["connections_per_ip"] == 777
+        with pytest.raises(RuntimeError, match=r"\[limits\] no_such_key"):
+            setup.create(base / "again", {"limits": {"no_such_key": "1"}})
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(SMTP_SINK is None, reason="needs Postfix's smtp-sink")
+def test_smtp_sink_counts_the_messages_it_receives(harness: ModuleType) -> None:
+    peers = sys.modules["peers"]
+    sink = peers.SmtpSink()
+    try:
+        with smtplib.SMTP("127.0.0.1", sink.port, timeout=10) as client:
+            for n in range(3):
+                client.sendmail("a@bench.test", [f"r{n}@remote.test"], b"Subject: x\r\n\r\nhi\r\n")
+        sink.wait_received(3, 10)
+        assert sink.received() == 3
+    finally:
+        sink.stop()
+    assert sink.process.returncode is not None
 
 
 @pytest.fixture

@@ -6,21 +6,22 @@ Every protocol decision is the core's; this module pumps bytes and answers the c
 
 The selected mailbox
 --------------------
-A session keeps the metadata of every message of its selected mailbox (`MessageInfo`: UID,
-MODSEQ, flags, internal date, size), read once at SELECT and kept current by syncs, so FETCH
-of flags, sizes or dates and SEARCH on them cost no SQL. A sync asks the store for what changed
-since the HIGHESTMODSEQ last seen (`list_messages(changed_since=...)`, `expunged_since`) and
-hands it to the core, which decides when the client may hear of it. Syncs happen when the
-store published a change to the mailbox (`MailboxWatcher`, fed by `Store.subscribe`; deliveries
-and other sessions of this process) before a command completes, on every NOOP / CHECK / IDLE,
-and every `POLL_INTERVAL` seconds during IDLE (changes made by other processes, which publish
-nothing here).
+A session keeps the metadata of every message of its selected mailbox (UID, MODSEQ, flags,
+internal date, size; compactly, `_Selected`), read once at SELECT and kept current by syncs,
+so FETCH of flags, sizes or dates and SEARCH on them cost no SQL. A sync asks the store for
+what changed since the HIGHESTMODSEQ last seen (`list_messages(changed_since=...)`,
+`expunged_since`) and hands it to the core, which decides when the client may hear of it.
+Syncs happen when the store published a change to the mailbox (`MailboxWatcher`, fed by
+`Store.subscribe`; deliveries and other sessions of this process) before a command
+completes, on every NOOP / CHECK / IDLE, and every `POLL_INTERVAL` seconds during IDLE
+(changes made by other processes, which publish nothing here).
 
 Big reads run in worker threads, so one session's FETCH of 10,000 messages never stalls the
-others: SELECT of a large mailbox, FETCH in chunks of `CHUNK` messages (metadata is already
-here; ENVELOPE/BODYSTRUCTURE and bodies come from `Store.read_parsed` / `read_split`), and
-SEARCH on message text. Rendering happens on the loop, chunk by chunk, and output is flushed
-whenever `server.FLUSH_AT` octets are queued.
+others: SELECT of a large mailbox, FETCH in chunks of `CHUNK` messages or `CHUNK_BYTES` of
+message data (metadata is already here; ENVELOPE/BODYSTRUCTURE and bodies of a whole chunk
+come from one `Store.read_fetch_data` query, and the chunk is rendered in the same thread
+call), and SEARCH on message text (bodies read ahead in batches, `_TextLoader`). Output is
+flushed on the loop between chunks whenever `server.FLUSH_AT` octets are queued.
 
 \\Recent (IMAP4rev1 only, RFC 3501 §2.3.2) is kept in memory per process (`RecentTracker`): the
 first IMAP4rev1 session to see a message after it arrived gets it as \\Recent. After a restart
@@ -30,13 +31,16 @@ no message is recent until new ones arrive.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from array import array
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from typing import TypeVar
+from operator import attrgetter
+from typing import NamedTuple, TypeVar
 
 from homing.auth import Authenticator
 from homing.mail.mime import parse_message
@@ -44,13 +48,14 @@ from homing.net.stream import Stream
 from homing.net.tls import TLSContexts
 from homing.proto.imap import responses as r
 from homing.proto.imap import server as core
-from homing.proto.imap.fetch import MessageView
+from homing.proto.imap.fetch import Chunk, MessageView
 from homing.proto.imap.grammar import Limits
 from homing.proto.imap.search import SearchError, SearchView, evaluate
 from homing.store import (
     Account,
     AlreadyExists,
     Change,
+    FetchRow,
     InvalidName,
     MailboxInfo,
     MessageInfo,
@@ -82,6 +87,11 @@ KEEPALIVE_INTERVAL = 120.0
 LOGIN_TIMEOUT = 180.0
 #: APPENDs larger than this are parsed in a worker thread.
 BIG_MESSAGE = 1024 * 1024
+#: Octets handed to the stream at once. The stream waits for the peer to read between
+#: writes, so a big message never sits whole in the transport's buffers (a copy of it in
+#: the join, another as TLS records): small responses are joined up to this size, message
+#: data is written in pieces of it.
+WRITE_SIZE = 256 * 1024
 
 _STORE_MODES = {"replace": "set", "add": "add", "remove": "remove"}
 
@@ -178,16 +188,113 @@ class RecentTracker:
         return 0 if seen is None else sum(1 for uid in uids if uid > seen)
 
 
+class _Meta(NamedTuple):
+    """One message's metadata as the selected mailbox holds it (see `_Selected`)."""
+
+    uid: int
+    modseq: int
+    flags: frozenset[str]
+    internaldate: float
+    size: int
+
+
+# UIDs are 32-bit (RFC 9051 §2.3.1.1); MODSEQs 63-bit (RFC 7162 §7); sizes fit 64 bits.
+_U32 = "I" if array("I").itemsize >= 4 else "L"
+
+
+def _nothing() -> None:
+    pass
+
+
 class _Selected:
-    """The selected mailbox on the adapter side: its id and message metadata."""
+    """The selected mailbox on the adapter side: its id and the metadata of its messages.
 
-    __slots__ = ("highestmodseq", "id", "messages", "unwatch")
+    Every session keeps one, so it is held compactly: parallel arrays in UID order (found
+    by bisection) and one reference per message to a flag set the store shares. That is
+    about 36 bytes a message, where a dict of `MessageInfo` objects took some 300.
+    """
 
-    def __init__(self, mailbox: MailboxInfo, messages: Iterable[MessageInfo]) -> None:
+    __slots__ = (
+        "_dates",
+        "_flags",
+        "_modseqs",
+        "_sizes",
+        "_uids",
+        "highestmodseq",
+        "id",
+        "unwatch",
+    )
+
+    def __init__(self, mailbox: MailboxInfo, messages: Sequence[MessageInfo]) -> None:
         self.id = mailbox.id
         self.highestmodseq = mailbox.highestmodseq
-        self.messages: dict[int, MessageInfo] = {m.uid: m for m in messages}
-        self.unwatch: Callable[[], None] = lambda: None
+        ordered = sorted(messages, key=attrgetter("uid"))
+        self._uids = array(_U32, [m.uid for m in ordered])
+        self._modseqs = array("Q", [m.modseq for m in ordered])
+        self._sizes = array("Q", [m.size for m in ordered])
+        self._dates = array("d", [m.internaldate for m in ordered])
+        self._flags = [m.flags for m in ordered]
+        self.unwatch: Callable[[], None] = _nothing
+
+    def __len__(self) -> int:
+        return len(self._uids)
+
+    def __contains__(self, uid: int) -> bool:
+        return self._index(uid) is not None
+
+    def _index(self, uid: int) -> int | None:
+        i = bisect.bisect_left(self._uids, uid)
+        return i if i < len(self._uids) and self._uids[i] == uid else None
+
+    def get(self, uid: int) -> _Meta | None:
+        i = self._index(uid)
+        if i is None:
+            return None
+        return _Meta(uid, self._modseqs[i], self._flags[i], self._dates[i], self._sizes[i])
+
+    def lookup(self, messages: Iterable[tuple[int, int]]) -> list[tuple[int, _Meta]]:
+        """(seq, metadata) of the (seq, uid) pairs whose message is here, in their order."""
+        get = self.get
+        return [(seq, meta) for seq, uid in messages if (meta := get(uid)) is not None]
+
+    def set_flags(self, uid: int, modseq: int, flags: frozenset[str]) -> None:
+        i = self._index(uid)
+        if i is not None:
+            self._modseqs[i] = modseq
+            self._flags[i] = flags
+
+    def put(self, info: MessageInfo) -> bool:
+        """Record a message's current metadata; True if it is new here."""
+        uids = self._uids
+        i = bisect.bisect_left(uids, info.uid)
+        if i < len(uids) and uids[i] == info.uid:
+            self._modseqs[i] = info.modseq
+            self._flags[i] = info.flags
+            return False
+        # New messages have the highest UIDs, so this is nearly always an append.
+        uids.insert(i, info.uid)
+        self._modseqs.insert(i, info.modseq)
+        self._sizes.insert(i, info.size)
+        self._dates.insert(i, info.internaldate)
+        self._flags.insert(i, info.flags)
+        return True
+
+    def remove(self, uids: Iterable[int]) -> None:
+        """Forget the messages with these UIDs (expunged or moved away)."""
+        gone = sorted({i for uid in uids if (i := self._index(uid)) is not None})
+        if not gone:
+            return
+        if len(gone) > 32:  # many: rebuild each column once
+            drop = set(gone)
+            keep = [i for i in range(len(self._uids)) if i not in drop]
+            self._uids = array(_U32, [self._uids[i] for i in keep])
+            self._modseqs = array("Q", [self._modseqs[i] for i in keep])
+            self._sizes = array("Q", [self._sizes[i] for i in keep])
+            self._dates = array("d", [self._dates[i] for i in keep])
+            self._flags = [self._flags[i] for i in keep]
+            return
+        for i in reversed(gone):  # a few: one memmove each
+            del self._uids[i], self._modseqs[i], self._sizes[i], self._dates[i], self._flags[i]
 
 
 class IMAPSession:
@@ -222,12 +329,15 @@ class IMAPSession:
         self.login_timeout = login_timeout
         self.conn = core.ServerConnection(
             settings,
-            nonce=nonce or (lambda: secrets.token_urlsafe(18)),
+            nonce=nonce or _nonce,
             scram_secret=authenticator.scram_secret(),
         )
         self.account: Account | None = None
         self.selected: _Selected | None = None
-        self._dirty = asyncio.Event()
+        self._dirty = False
+        """The store published a change to the selected mailbox since the last sync."""
+        self._wake: asyncio.Future[None] | None = None
+        """While idling: resolved when `_dirty` becomes true."""
         self._scram_user: str | None = None
         self._scram_failures = 0
         self._scram_locked = False
@@ -388,23 +498,31 @@ class IMAPSession:
         read = self._read_task
         last_keepalive = time.monotonic()
         self._reading = True
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                dirty = asyncio.ensure_future(self._dirty.wait())
+                # One future stands for "something happened": input, a change published by
+                # the store (`_changed`), or the poll interval passed. Lighter than
+                # asyncio.wait, and every idle session keeps one.
+                wake = self._wake = loop.create_future()
+                if self._dirty:
+                    wake.set_result(None)
+                read.add_done_callback(self._wake_up)
+                timer = loop.call_later(POLL_INTERVAL, self._wake_up)
                 try:
-                    done, _ = await asyncio.wait(
-                        {read, dirty}, timeout=POLL_INTERVAL, return_when=asyncio.FIRST_COMPLETED
-                    )
+                    await wake
                 finally:
-                    dirty.cancel()
-                if read in done:
+                    self._wake = None
+                    timer.cancel()
+                    read.remove_done_callback(self._wake_up)
+                if read.done():
                     self._read_task = None
                     try:
                         return read.result()
                     except (ConnectionError, OSError):
                         return b""
                 try:
-                    await self._sync(force=not done)
+                    await self._sync(force=not self._dirty)  # not told of a change: poll
                 except StoreError as err:  # try again at the next change or poll
                     log.error("%s store error while idling: %s", self._log_prefix, err)
                 if time.monotonic() - last_keepalive >= KEEPALIVE_INTERVAL:
@@ -423,11 +541,9 @@ class IMAPSession:
             self._reading = False
 
     async def _flush(self) -> None:
-        out = self.conn.data_to_send()
-        if not out:
-            return
         try:
-            await self.stream.write(out)
+            for piece in _pieces(self.conn.chunks_to_send()):
+                await self.stream.write(piece)
         except (ConnectionError, OSError):
             self.conn.receive_data(b"")
 
@@ -523,8 +639,8 @@ class IMAPSession:
         else:
             recent_uids = frozenset(self.recent.claim(mailbox.id, uids, uidnext=mailbox.uidnext))
         self.selected = selected
-        selected.unwatch = self.watcher.watch(mailbox.id, self._dirty.set)
-        self._dirty.clear()
+        selected.unwatch = self.watcher.watch(mailbox.id, self._changed)
+        self._dirty = False
         self.conn.mailbox_selected(
             core.MailboxSnapshot(
                 name=mailbox.name,
@@ -535,6 +651,16 @@ class IMAPSession:
                 recent=recent_uids,
             )
         )
+
+    def _changed(self) -> None:
+        """The store committed a change to the selected mailbox (called on the loop)."""
+        self._dirty = True
+        self._wake_up()
+
+    def _wake_up(self, _: object = None) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(None)
 
     def _deselect(self) -> None:
         if self.selected is not None:
@@ -711,8 +837,7 @@ class IMAPSession:
             )
             self._apply_flag_changes(selected, changes)
         await self._sync()
-        known = selected.messages
-        messages = [(seq, m) for seq, uid in event.messages if (m := known.get(uid))]
+        messages = selected.lookup(event.messages)
         inline = len(messages) <= SMALL_FETCH and not event.needs_data
         for chunk in _chunks(messages, data=event.needs_data):
             if inline:
@@ -730,7 +855,7 @@ class IMAPSession:
     def _fetch_chunk(
         self,
         mailbox_id: int,
-        messages: Sequence[tuple[int, MessageInfo]],
+        messages: Sequence[tuple[int, _Meta]],
         event: core.FetchMessages,
     ) -> None:
         """Load and render some messages of a FETCH (in a worker thread unless small)."""
@@ -745,41 +870,37 @@ class IMAPSession:
     def _load(
         self,
         mailbox_id: int,
-        messages: Sequence[tuple[int, MessageInfo]],
+        messages: Sequence[tuple[int, _Meta]],
         event: core.FetchMessages,
     ) -> list[MessageView]:
-        """Parse results and/or bytes of `messages` (in a worker thread for big fetches);
-        messages expunged meanwhile are left out."""
+        """Parse results and/or bytes of `messages`, in one store query (in a worker thread
+        for big fetches); messages expunged meanwhile are left out."""
+        rows = self.store.read_fetch_data(
+            mailbox_id,
+            [info.uid for _, info in messages],
+            parsed=event.needs_parse,
+            data=event.needs_data,
+        )
+        found = {row.uid: row for row in rows}
         views = []
         for seq, info in messages:
-            envelope = bodystructure = body_nx = partmap = b""
-            prefix = body = None
-            # With the bytes comes the part map too: fetch.py finds even BODY[] through it
-            # (and parses the message again when it is missing).
-            if event.needs_parse or event.needs_data:
-                parsed = self.store.read_parsed(mailbox_id, info.uid)
-                if parsed is None:
-                    continue
-                envelope, bodystructure, body_nx, partmap = parsed
-            if event.needs_data:
-                split = self.store.read_split(mailbox_id, info.uid)
-                if split is None:
-                    continue
-                prefix, body = split
+            row = found.get(info.uid)
+            if row is None:
+                continue
             views.append(
                 MessageView(
-                    seq=seq,
-                    uid=info.uid,
-                    flags=info.flags,
-                    internaldate=info.internaldate,
-                    size=info.size,
-                    modseq=info.modseq,
-                    envelope=envelope,
-                    bodystructure=bodystructure,
-                    body_nx=body_nx,
-                    partmap=partmap,
-                    prefix=prefix,
-                    body=body,
+                    seq,
+                    info.uid,
+                    info.flags,
+                    info.internaldate,
+                    info.size,
+                    info.modseq,
+                    row.envelope,
+                    row.bodystructure,
+                    row.body_nx,
+                    row.partmap,
+                    row.prefix,
+                    row.body,
                 )
             )
         return views
@@ -787,25 +908,22 @@ class IMAPSession:
     async def _search(self, event: core.SearchMessages) -> None:
         selected = self._require_selected()
         await self._sync()
-        store = self.store
-        mailbox_id = selected.id
-        views = []
-        for seq, uid in event.messages:
-            info = selected.messages.get(uid)
-            if info is None:
-                continue  # expunged, not announced yet: matches nothing
-            flags = info.flags | {"\\Recent"} if uid in event.recent else info.flags
-            views.append(
-                SearchView(
-                    seq,
-                    uid,
-                    flags,
-                    info.internaldate,
-                    info.size,
-                    info.modseq,
-                    functools.partial(_read_message, store, mailbox_id, uid),
-                )
+        # Messages expunged but not announced yet are left out: they match nothing.
+        infos = selected.lookup(event.messages)
+        load = _TextLoader(self.store, selected.id, [info for _, info in infos]).load
+        recent = event.recent
+        views = [
+            SearchView(
+                seq,
+                info.uid,
+                info.flags | {"\\Recent"} if info.uid in recent else info.flags,
+                info.internaldate,
+                info.size,
+                info.modseq,
+                functools.partial(load, i),
             )
+            for i, (seq, info) in enumerate(infos)
+        ]
 
         def run() -> list[int]:
             return evaluate(
@@ -847,9 +965,7 @@ class IMAPSession:
         self, selected: _Selected, changes: Iterable[tuple[int, int, frozenset[str]]]
     ) -> None:
         for uid, modseq, flags in changes:
-            info = selected.messages.get(uid)
-            if info is not None:
-                selected.messages[uid] = _with_flags(info, modseq, flags)
+            selected.set_flags(uid, modseq, flags)
 
     async def _copy(self, event: core.CopyMessages) -> None:
         selected = self._require_selected()
@@ -864,16 +980,14 @@ class IMAPSession:
             self.conn.failed(r.TRYCREATE)
             return
         if event.move:
-            for uid, _ in pairs:
-                selected.messages.pop(uid, None)
+            selected.remove(uid for uid, _ in pairs)
         await self._sync(force=dest.id == selected.id)
         self.conn.copied(dest.uidvalidity, pairs)
 
     async def _expunge(self, event: core.ExpungeMessages) -> None:
         selected = self._require_selected()
         removed = await asyncio.wrap_future(self.store.expunge(selected.id, event.uids))
-        for uid in removed:
-            selected.messages.pop(uid, None)
+        selected.remove(removed)
         if event.close:
             self._deselect()
         else:
@@ -886,9 +1000,9 @@ class IMAPSession:
         """Tell the core what changed in the selected mailbox since the last sync: always
         when `force` (NOOP, IDLE polls), else only when the store published a change."""
         selected = self.selected
-        if selected is None or not (force or self._dirty.is_set()):
+        if selected is None or not (force or self._dirty):
             return
-        self._dirty.clear()
+        self._dirty = False
         store = self.store
         mailbox = store.get_mailbox_by_id(selected.id)
         if mailbox is None:
@@ -903,22 +1017,48 @@ class IMAPSession:
         # Everything up to the HIGHESTMODSEQ read first has been seen; what committed after
         # it may be reported again next time, which the core takes in its stride.
         selected.highestmodseq = mailbox.highestmodseq
-        for uid in expunged:
-            selected.messages.pop(uid, None)
-        new = []
-        for info in rows:
-            if info.uid not in selected.messages:
-                new.append(info.uid)
-            selected.messages[info.uid] = info
+        selected.remove(expunged)
+        new = [info.uid for info in rows if selected.put(info)]
         recent: list[int] = []
         if new and not self.conn.rev2 and not self.conn.readonly:
             recent = self.recent.claim(selected.id, new)
         self.conn.mailbox_changes([(m.uid, m.flags) for m in rows], expunged, recent=recent)
 
 
+def _pieces(chunks: Iterable[Chunk]) -> Iterator[bytes]:
+    """`chunks` regrouped for writing: runs of small ones joined, big ones cut, each piece
+    at most about WRITE_SIZE octets; only the piece being written is a copy."""
+    batch: list[Chunk] = []
+    size = 0
+    for chunk in chunks:
+        n = len(chunk)
+        if not n:
+            continue
+        if n >= WRITE_SIZE:
+            if batch:
+                yield b"".join(batch)
+                batch, size = [], 0
+            view = memoryview(chunk)
+            for start in range(0, n, WRITE_SIZE):
+                yield bytes(view[start : start + WRITE_SIZE])
+            continue
+        batch.append(chunk)
+        size += n
+        if size >= WRITE_SIZE:
+            yield b"".join(batch)
+            batch, size = [], 0
+    if batch:
+        yield b"".join(batch)
+
+
+def _nonce() -> str:
+    """A SCRAM server nonce (RFC 5802 §5.1)."""
+    return secrets.token_urlsafe(18)
+
+
 def _chunks(
-    messages: Sequence[tuple[int, MessageInfo]], *, data: bool
-) -> Iterable[Sequence[tuple[int, MessageInfo]]]:
+    messages: Sequence[tuple[int, _Meta]], *, data: bool
+) -> Iterable[Sequence[tuple[int, _Meta]]]:
     """`messages` cut into pieces of at most CHUNK messages (and CHUNK_BYTES of data)."""
     start = 0
     while start < len(messages):
@@ -934,12 +1074,57 @@ def _chunks(
         start = end
 
 
-def _read_message(store: Store, mailbox_id: int, uid: int) -> bytes:
-    """A message's bytes for SEARCH (b"" if it was expunged meanwhile)."""
-    return store.read_message(mailbox_id, uid) or b""
+class _TextLoader:
+    """Message bytes for a SEARCH that needs text, read ahead in batches.
+
+    `search.evaluate` asks for the messages it needs in sequence order, and only for those
+    the cheap keys did not settle (`SEARCH UNSEEN TEXT x` loads only unseen ones). So the
+    read-ahead adapts: it doubles (up to CHUNK messages / CHUNK_BYTES) while every message
+    read ahead was then asked for, and halves when some were skipped. A search through
+    every message costs a few dozen queries instead of one per message; a sparse one reads
+    little it does not need. At most one batch is held at a time.
+    """
+
+    __slots__ = ("_ahead", "_batch", "_infos", "_mailbox_id", "_store")
+
+    def __init__(self, store: Store, mailbox_id: int, infos: Sequence[_Meta]) -> None:
+        self._store = store
+        self._mailbox_id = mailbox_id
+        self._infos = infos
+        self._ahead: dict[int, FetchRow] = {}
+        self._batch = 1
+
+    def load(self, index: int) -> bytes:
+        """The stored bytes of `infos[index]` (b"" if it was expunged meanwhile)."""
+        uid = self._infos[index].uid
+        row = self._ahead.pop(uid, None)
+        if row is None:
+            row = self._read(index).pop(uid, None)
+            if row is None:
+                return b""
+        assert row.prefix is not None and row.body is not None
+        return row.prefix + row.body
+
+    def _read(self, index: int) -> dict[int, FetchRow]:
+        if self._ahead:  # read ahead for nothing: be more careful
+            self._batch = max(1, self._batch // 2)
+        else:
+            self._batch = min(CHUNK, self._batch * 2)
+        infos = self._infos
+        end = index + 1
+        size = infos[index].size
+        limit = min(len(infos), index + self._batch)
+        while end < limit and size + infos[end].size <= CHUNK_BYTES:
+            size += infos[end].size
+            end += 1
+        rows = self._store.read_fetch_data(
+            self._mailbox_id, [i.uid for i in infos[index:end]], parsed=False, data=True
+        )
+        self._ahead = {row.uid: row for row in rows}
+        return self._ahead
 
 
-def _view(seq: int, info: MessageInfo) -> MessageView:
+def _view(seq: int, info: _Meta) -> MessageView:
     return MessageView(
         seq=seq,
         uid=info.uid,
@@ -951,18 +1136,6 @@ def _view(seq: int, info: MessageInfo) -> MessageView:
         bodystructure=b"",
         body_nx=b"",
         partmap=b"",
-    )
-
-
-def _with_flags(info: MessageInfo, modseq: int, flags: frozenset[str]) -> MessageInfo:
-    return MessageInfo(
-        id=info.id,
-        mailbox_id=info.mailbox_id,
-        uid=info.uid,
-        modseq=modseq,
-        flags=flags,
-        internaldate=info.internaldate,
-        size=info.size,
     )
 
 

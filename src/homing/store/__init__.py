@@ -15,6 +15,7 @@ from homing.store.errors import (
 from homing.store.model import (
     Account,
     Change,
+    FetchRow,
     FlagChanges,
     MailboxInfo,
     MessageInfo,
@@ -44,6 +45,7 @@ __all__ = [
     "BodyStore",
     "Change",
     "Credentials",
+    "FetchRow",
     "FlagChanges",
     "InUse",
     "InvalidName",

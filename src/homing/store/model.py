@@ -48,6 +48,26 @@ class MessageInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class FetchRow:
+    """What `Store.read_fetch_data` returns for one message: the parse results computed at
+    delivery and/or the stored bytes, as asked for.
+
+    `envelope`, `bodystructure`, `body_nx` (BODY without extension data) and `partmap` are
+    b"" unless parse results were asked for; `prefix` (this copy's trace headers) and `body`
+    (the message as received; the part map's offsets are relative to it) are None unless the
+    bytes were asked for. The message as stored is `prefix + body`.
+    """
+
+    uid: int
+    envelope: bytes = b""
+    bodystructure: bytes = b""
+    body_nx: bytes = b""
+    partmap: bytes = b""
+    prefix: bytes | None = None
+    body: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NewMessage:
     """One copy to deliver or append: `prefix + body` is the message as stored.
 

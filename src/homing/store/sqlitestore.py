@@ -19,6 +19,7 @@ are kept with the MODSEQ of their expunge, for QRESYNC (RFC 7162 §3.2.10).
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import sqlite3
@@ -46,6 +47,7 @@ from homing.store.errors import (
 from homing.store.model import (
     Account,
     Change,
+    FetchRow,
     FlagChanges,
     MailboxInfo,
     MessageInfo,
@@ -150,6 +152,14 @@ class AppPassword:
     created: float
     last_used: float | None
     """When a login last used it (seconds since the epoch), None if never."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _flag_set(mask: int, keywords: str) -> frozenset[str]:
+    """`names.flag_set`, shared: a mailbox has few distinct flag sets, and each message row
+    (and each IMAP session's copy of a mailbox's metadata) that holds the one shared object
+    instead of its own saves some 200 bytes."""
+    return names.flag_set(mask, keywords)
 
 
 def _uid_list(uids: Iterable[int]) -> list[int]:
@@ -1000,7 +1010,7 @@ class Store:
                 mailbox_id=r[1],
                 uid=r[2],
                 modseq=r[3],
-                flags=names.flag_set(r[4], r[5]),
+                flags=_flag_set(r[4], r[5]),
                 internaldate=r[6],
                 size=r[7],
             )
@@ -1053,6 +1063,62 @@ class Store:
         if row is None:
             return None
         return bytes(row[0]), bytes(row[1]), bytes(row[2]), bytes(row[3])
+
+    def read_fetch_data(
+        self, mailbox_id: int, uids: Sequence[int], *, parsed: bool, data: bool
+    ) -> list[FetchRow]:
+        """Parse results (`parsed`: envelope, body structure, BODY, part map) and/or bytes
+        (`data`: prefix and body) of many messages of a mailbox in one query, in UID order.
+        UIDs that do not exist (expunged meanwhile) are left out.
+
+        For FETCH and SEARCH: one statement per call instead of one per message. The caller
+        bounds `uids` (the IMAP session reads at most 1,000 messages or a few MiB per call).
+        A contiguous run of UIDs (the common `1:*`) is a range scan of the (mailbox_id, uid)
+        index; any other set goes through `json_each`.
+        """
+        wanted = _uid_list(uids)
+        if not wanted:
+            return []
+        columns = ["m.uid"]
+        joins = ""
+        if parsed:
+            columns.append("b.envelope, b.bodystructure, b.body_nx, b.partmap")
+            joins += " JOIN bodies b ON b.id = m.body_id"
+        # The SQLite body store's bytes come in the same statement; another backend is asked
+        # body by body, inside the same read transaction.
+        inline = data and isinstance(self._bodies, SqliteBodyStore)
+        if data:
+            columns.append("m.prefix, m.body_id")
+            if inline:
+                columns.append("d.data")
+                joins += " LEFT JOIN body_data d ON d.id = m.body_id"
+        sql = f"SELECT {', '.join(columns)} FROM messages m{joins} WHERE m.mailbox_id = ?"
+        params: tuple[Any, ...]
+        if wanted[-1] - wanted[0] + 1 == len(wanted):
+            sql += " AND m.uid BETWEEN ? AND ?"
+            params = (mailbox_id, wanted[0], wanted[-1])
+        else:
+            sql += " AND m.uid IN (SELECT value FROM json_each(?))"
+            params = (mailbox_id, json.dumps(wanted))
+        with self._read() as conn:
+            rows = _rows(conn, sql + " ORDER BY m.uid", params)
+            if data and not inline:
+                rows = [(*r, self._bodies.get(conn, r[-1])) for r in rows]
+        return [self._fetch_row(mailbox_id, r, parsed=parsed, data=data) for r in rows]
+
+    @staticmethod
+    def _fetch_row(mailbox_id: int, r: Row, *, parsed: bool, data: bool) -> FetchRow:
+        """A `read_fetch_data` row: uid, [4 parse columns], [prefix, body_id, bytes]."""
+        if not data:
+            if not parsed:
+                return FetchRow(r[0])
+            return FetchRow(r[0], r[1], r[2], r[3], r[4])
+        body = r[-1]
+        if body is None:
+            raise StoreError(f"message {mailbox_id}/{r[0]}: body {r[-2]} is missing")
+        if not parsed:
+            return FetchRow(r[0], prefix=r[1], body=body)
+        return FetchRow(r[0], r[1], r[2], r[3], r[4], r[5], body)
 
     # -- messages: delivery and append ------------------------------------------------------
 
@@ -1269,7 +1335,7 @@ class Store:
             "UPDATE messages SET flags = ?, keywords = ?, modseq = ? WHERE id = ?",
             [(m, k, modseq, i) for i, _, m, k in updates],
         )
-        result.extend((uid, modseq, names.flag_set(m, k)) for _, uid, m, k in updates)
+        result.extend((uid, modseq, _flag_set(m, k)) for _, uid, m, k in updates)
         tx.changes.append(Change("flags", account_id, mailbox_id, tuple(u[1] for u in updates)))
         return result
 

@@ -276,9 +276,9 @@ class _Message:
         """The data of BODY[section] (RFC 9051 §6.4.5), before any partial."""
         text = section.text
         if not section.part:
-            root = self.root()
-            if text is None:
+            if text is None:  # BODY[], RFC822: no part map needed (see `needs_parse`)
                 return self.whole()
+            root = self.root()
             if text == "TEXT":
                 return self.span(root.body_start, root.end)
             if text == "MIME":  # needs a part number; the grammar refuses it anyway

@@ -712,6 +712,13 @@ class ServerConnection:
         self._out_size = 0
         return out
 
+    def chunks_to_send(self) -> list[Chunk]:
+        """What `data_to_send()` would return, unjoined: message data stays the zero-copy
+        slices FETCH made of the stored bytes (keep them alive until written)."""
+        out, self._out = self._out, []
+        self._out_size = 0
+        return out
+
     @property
     def pending_output(self) -> int:
         """Octets queued for the client (the adapter flushes above `FLUSH_AT`)."""
