@@ -44,6 +44,7 @@ from typing import NamedTuple, TypeVar
 
 from homing.auth import Authenticator
 from homing.mail.mime import parse_message
+from homing.net.sessions import SessionRegistry as _Registry
 from homing.net.stream import Stream
 from homing.net.tls import TLSContexts
 from homing.proto.imap import responses as r
@@ -96,18 +97,8 @@ WRITE_SIZE = 256 * 1024
 _STORE_MODES = {"replace": "set", "add": "add", "remove": "remove"}
 
 
-class SessionRegistry:
-    """The live IMAP sessions of a process, so shutdown can reach the idle ones at once."""
-
-    def __init__(self) -> None:
-        self.sessions: set[IMAPSession] = set()
-        self.draining = False
-
-    def drain(self) -> None:
-        """Sessions waiting for a command (or idling) get BYE and close now."""
-        self.draining = True
-        for session in list(self.sessions):
-            session.interrupt_if_idle()
+class SessionRegistry(_Registry["IMAPSession"]):
+    """The live IMAP sessions of this process (see homing.net.sessions)."""
 
 
 class MailboxWatcher:

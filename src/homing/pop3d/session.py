@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from homing.auth import Authenticator
+from homing.net.sessions import SessionRegistry as _Registry
 from homing.net.stream import Stream
 from homing.net.tls import TLSContexts
 from homing.proto.pop3 import codes
@@ -91,19 +92,8 @@ class Maildrops:
         return account_id in self._held
 
 
-class SessionRegistry:
-    """The live POP3 sessions of a process, so shutdown can reach the idle ones at once."""
-
-    def __init__(self) -> None:
-        self.sessions: set[POP3Session] = set()
-        self.draining = False
-
-    def drain(self) -> None:
-        """Sessions waiting for a command get "-ERR [SYS/TEMP]" and close now, deleting
-        nothing; a session sending a message or in UPDATE finishes that first."""
-        self.draining = True
-        for session in list(self.sessions):
-            session.interrupt_if_idle()
+class SessionRegistry(_Registry["POP3Session"]):
+    """The live POP3 sessions of this process (see homing.net.sessions)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from homing.mail import trace
 from homing.mail.reply import Reply
+from homing.net.sessions import SessionRegistry as _Registry
 from homing.net.stream import Stream
 from homing.net.tls import TLSContexts
 from homing.proto.smtp import codes
@@ -31,18 +32,8 @@ class Timeouts:
     greet_pause: float = 0.0
 
 
-class SessionRegistry:
-    """The live sessions of a process, so shutdown can reach the idle ones at once."""
-
-    def __init__(self) -> None:
-        self.sessions: set[SMTPSession] = set()
-        self.draining = False
-
-    def drain(self) -> None:
-        """Idle sessions get 421 4.3.2 now; sessions inside a message finish it first."""
-        self.draining = True
-        for session in list(self.sessions):
-            session.interrupt_if_idle()
+class SessionRegistry(_Registry["SMTPSession"]):
+    """The live SMTP sessions of this process (see homing.net.sessions)."""
 
 
 class SMTPSession:
