@@ -528,6 +528,7 @@ def test_select_transcript() -> None:
         b"* OK [UIDNEXT 4] Predicted next UID\r\n"
         b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] "
         b"Flags permitted\r\n"
+        b"* OK [HIGHESTMODSEQ 1] Highest\r\n"
         b"a OK [READ-WRITE] Select completed\r\n"
     )
     out = d.send(b"b EXAMINE Sent\r\n")

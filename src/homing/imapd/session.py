@@ -632,6 +632,22 @@ class IMAPSession:
         self.selected = selected
         selected.unwatch = self.watcher.watch(mailbox.id, self._changed)
         self._dirty = False
+        vanished: list[int] = []
+        changed: list[tuple[int, frozenset[str], int]] = []
+        qresync = event.qresync
+        if qresync is not None and qresync.uidvalidity == mailbox.uidvalidity:
+            # RFC 7162 §3.2.5.1. Expunged UIDs are kept as long as the mailbox exists, so
+            # VANISHED (EARLIER) is exact and the seq-match data is not needed to narrow it.
+            known = qresync.known_uids
+            named = _in_ranges(known.resolve(mailbox.uidnext - 1)) if known else _anything
+            vanished = [
+                uid for uid in self.store.expunged_since(mailbox.id, qresync.modseq) if named(uid)
+            ]
+            changed = [
+                (m.uid, m.flags, m.modseq)
+                for m in messages
+                if m.modseq > qresync.modseq and named(m.uid)
+            ]
         self.conn.mailbox_selected(
             core.MailboxSnapshot(
                 name=mailbox.name,
@@ -640,6 +656,9 @@ class IMAPSession:
                 messages=[(m.uid, m.flags) for m in messages],
                 special_use=mailbox.special_use,
                 recent=recent_uids,
+                highestmodseq=mailbox.highestmodseq,
+                vanished=vanished,
+                changed=changed,
             )
         )
 
@@ -829,6 +848,15 @@ class IMAPSession:
             self._apply_flag_changes(selected, changes)
         await self._sync()
         messages = selected.lookup(event.messages)
+        since = event.changed_since
+        if since is not None:  # RFC 7162 §3.1.4.1: the unchanged ones need no loading
+            messages = [(seq, info) for seq, info in messages if info.modseq > since]
+        if event.vanished is not None:
+            assert since is not None  # the parser allows VANISHED only with CHANGEDSINCE
+            wanted = _in_ranges(event.vanished)
+            self.conn.vanished(
+                uid for uid in self.store.expunged_since(selected.id, since) if wanted(uid)
+            )
         inline = len(messages) <= SMALL_FETCH and not event.needs_data
         for chunk in _chunks(messages, data=event.needs_data):
             if inline:
@@ -932,7 +960,11 @@ class IMAPSession:
         except SearchError as err:
             self.conn.failed(r.Response("BAD" if err.bad else "NO", err.text, err.code))
             return
-        self.conn.searched(numbers)
+        modseq = None
+        if event.with_modseq and numbers:  # RFC 7162 §3.1.5: the highest among the matches
+            by_seq = {view.seq: view.modseq for view in views}
+            modseq = max(by_seq.get(n, 0) for n in numbers)
+        self.conn.searched(numbers, modseq=modseq)
 
     async def _store_flags(self, event: core.StoreFlags) -> None:
         selected = self._require_selected()
@@ -943,6 +975,7 @@ class IMAPSession:
                     event.uids,
                     event.flags,
                     _STORE_MODES[event.mode],  # type: ignore[arg-type]
+                    unchanged_since=event.unchanged_since,
                 )
             )
         except InvalidName:
@@ -950,7 +983,12 @@ class IMAPSession:
             return
         self._apply_flag_changes(selected, changes)
         await self._sync()
-        self.conn.flags_stored([(uid, flags) for uid, _, flags in changes])
+        modseqs = {uid: meta.modseq for uid in event.uids if (meta := selected.get(uid))}
+        self.conn.flags_stored(
+            [(uid, flags) for uid, _, flags in changes],
+            modseqs=modseqs,
+            modified=changes.modified,
+        )
 
     def _apply_flag_changes(
         self, selected: _Selected, changes: Iterable[tuple[int, int, frozenset[str]]]
@@ -1013,7 +1051,28 @@ class IMAPSession:
         recent: list[int] = []
         if new and not self.conn.rev2 and not self.conn.readonly:
             recent = self.recent.claim(selected.id, new)
-        self.conn.mailbox_changes([(m.uid, m.flags) for m in rows], expunged, recent=recent)
+        self.conn.mailbox_changes(
+            [(m.uid, m.flags) for m in rows],
+            expunged,
+            recent=recent,
+            modseqs={m.uid: m.modseq for m in rows},
+            since=since,
+        )
+
+
+def _in_ranges(ranges: Sequence[tuple[int, int]]) -> Callable[[int], bool]:
+    """Membership in sorted, disjoint inclusive ranges (`SequenceSet.resolve`), by bisection."""
+    starts = [lo for lo, _ in ranges]
+
+    def inside(number: int) -> bool:
+        i = bisect.bisect_right(starts, number) - 1
+        return i >= 0 and number <= ranges[i][1]
+
+    return inside
+
+
+def _anything(number: int) -> bool:
+    return True
 
 
 def _pieces(chunks: Iterable[Chunk]) -> Iterator[bytes]:

@@ -67,6 +67,8 @@ SELECTED_RO = Response("OK", "Examine completed", "READ-ONLY")  # §6.3.3
 CLOSED = Response("OK", "Previous mailbox closed", "CLOSED")  # §7.1 CLOSED, RFC 7162 §3.2.11
 UIDVALIDITY = Response("OK", "UIDs valid", "UIDVALIDITY {value}")  # §7.1
 UIDNEXT = Response("OK", "Predicted next UID", "UIDNEXT {value}")  # §7.1
+HIGHESTMODSEQ = Response("OK", "Highest", "HIGHESTMODSEQ {value}")  # RFC 7162 §3.1.2.1
+CONDITIONAL_STORE_FAILED = Response("OK", "Conditional STORE failed", "MODIFIED {set}")  # §3.1.3
 UNSEEN = Response("OK", "First unseen", "UNSEEN {value}")  # RFC 3501 §7.1 (IMAP4rev1 only)
 PERMANENT_FLAGS = Response("OK", "Flags permitted", "PERMANENTFLAGS {value}")  # §7.1
 NO_PERMANENT_FLAGS = Response("OK", "Read-only mailbox", "PERMANENTFLAGS ()")  # §6.3.3
@@ -110,6 +112,7 @@ INVALID_SEQUENCE = Response("BAD", "Invalid message sequence number")  # §9 seq
 UNSUPPORTED_ITEM = Response("BAD", "Unsupported item")
 INVALID_FLAGS = Response("BAD", "Invalid flag")  # \Recent and unknown system flags
 INVALID_ARGUMENT = Response("BAD", "Invalid argument")
+QRESYNC_NOT_ENABLED = Response("BAD", "QRESYNC is not enabled (ENABLE QRESYNC first)")  # RFC 7162
 
 # --- BYE --------------------------------------------------------------------------------------
 TOO_MANY_ERRORS = Response("BYE", "Too many invalid commands")

@@ -68,7 +68,7 @@ from __future__ import annotations
 import bisect
 import enum
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import cast
 
@@ -97,7 +97,7 @@ from homing.proto.imap.grammar import (
     parse_command,
 )
 from homing.proto.imap.responses import Response
-from homing.proto.imap.search import format_search, saved_result
+from homing.proto.imap.search import format_search, has_modseq, saved_result
 
 __all__ = [
     "NEED_DATA",
@@ -140,8 +140,11 @@ MAX_NAME = 1000
 #: The flags a client may set (RFC 9051 §2.3.2); keywords are any atom.
 SYSTEM_FLAGS = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"})
 RECENT = "\\Recent"
-#: The one capability ENABLE turns on (RFC 5161; RFC 9051 §6.3.1), as the parser gives it.
-ENABLEABLE = "IMAP4REV2"
+#: What ENABLE turns on (RFC 5161; RFC 9051 §6.3.1; RFC 7162 §3.1, §3.2.3), as the parser
+#: gives the names (upper case), with the spelling ENABLED answers with.
+ENABLEABLE = {"IMAP4REV2": "IMAP4rev2", "CONDSTORE": "CONDSTORE", "QRESYNC": "QRESYNC"}
+#: The largest UID (RFC 9051 §2.3.1.1): "*" in the UID set of a VANISHED request.
+MAX_UID = 4294967295
 #: Output gathered by FETCH above which the adapter should flush before loading more.
 FLUSH_AT = 256 * 1024
 
@@ -215,6 +218,14 @@ class MailboxSnapshot:
     special_use: str | None = None
     recent: frozenset[int] = frozenset()
     """UIDs that are \\Recent for this session (IMAP4rev1 only; RFC 3501 §2.3.2)."""
+    highestmodseq: int = 1
+    """The mailbox's HIGHESTMODSEQ (RFC 7162 §3.1.2.1), sent with every SELECT / EXAMINE."""
+    vanished: Sequence[int] = ()
+    """SELECT (QRESYNC ...): UIDs expunged since the client's MODSEQ, among the UIDs it named
+    (RFC 7162 §3.2.5.1). Empty when the UIDVALIDITY it gave is not the mailbox's."""
+    changed: Sequence[tuple[int, frozenset[str], int]] = ()
+    """SELECT (QRESYNC ...): (uid, flags, modseq) of the messages changed since the client's
+    MODSEQ, among the UIDs it named, in UID order."""
 
 
 # ------------------------------------------------------------------------------------ events
@@ -260,9 +271,13 @@ class Authenticated:
 
 @dataclass(frozen=True, slots=True)
 class SelectMailbox:
+    """SELECT / EXAMINE. With `qresync` (RFC 7162 §3.2.5), when its UIDVALIDITY is the
+    mailbox's, fill in the snapshot's `vanished` and `changed`."""
+
     tag: str
     mailbox: str
     readonly: bool
+    qresync: t.QResync | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,13 +334,20 @@ class AppendMessages:
 class FetchMessages:
     """FETCH / UID FETCH. Load `messages` ((seq, uid) pairs, ascending): the stored bytes if
     `needs_data`, the parse results if `needs_parse`. First set \\Seen on the UIDs of
-    `set_seen` (RFC 9051 §6.4.5) and give the views the resulting flags."""
+    `set_seen` (RFC 9051 §6.4.5) and give the views the resulting flags.
+
+    `changed_since` (RFC 7162 §3.1.4.1): only messages with a greater MODSEQ are wanted (the
+    core skips the others; the adapter may leave them out). `vanished` (UID FETCH ...
+    (CHANGEDSINCE n VANISHED), §3.2.6): UID ranges; before any message, call
+    `vanished(uids)` with the UIDs in them expunged with a MODSEQ above `changed_since`."""
 
     tag: str
     messages: list[tuple[int, int]]
     needs_data: bool
     needs_parse: bool
     set_seen: list[int]
+    changed_since: int | None = None
+    vanished: list[tuple[int, int]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,14 +366,21 @@ class SearchMessages:
     charset: str
     recent: frozenset[int]
     needs_text: bool
+    with_modseq: bool = False
+    """The key uses MODSEQ: pass `searched` the highest MODSEQ of the matches (RFC 7162
+    §3.1.5)."""
 
 
 @dataclass(frozen=True, slots=True)
 class StoreFlags:
+    """STORE: change the flags of `uids`; with `unchanged_since` (RFC 7162 §3.1.3) only of
+    those whose MODSEQ is not above it (the others are `modified`)."""
+
     tag: str
     uids: list[int]
     flags: frozenset[str]
     mode: t.StoreMode
+    unchanged_since: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,9 +512,11 @@ class _View:
     """The selected mailbox as the client knows it, and what it has not been told yet."""
 
     __slots__ = (
+        "expunge_floor",
         "flags",
         "keywords",
         "max_uid",
+        "modseqs",
         "name",
         "new",
         "new_keywords",
@@ -519,6 +550,10 @@ class _View:
         self.new_keywords = False
         self.saved: frozenset[int] = frozenset()
         """The SEARCHRES saved result as UIDs; empty after SELECT (RFC 5182 §2.1)."""
+        self.modseqs: dict[int, int] = {}
+        """MODSEQ of the messages in `stale_flags` (for their unsolicited FETCH, RFC 7162)."""
+        self.expunge_floor: int | None = None
+        """A MODSEQ below that of every expunge in `stale_expunged` (see `_announce`)."""
 
     def seq(self, uid: int) -> int | None:
         i = bisect.bisect_left(self.uids, uid)
@@ -530,7 +565,11 @@ class _View:
         return bool(self.new) and uid >= self.new[0]
 
     def merge(
-        self, messages: Iterable[tuple[int, frozenset[str]]], expunged: Iterable[int]
+        self,
+        messages: Iterable[tuple[int, frozenset[str]]],
+        expunged: Iterable[int],
+        modseqs: Mapping[int, int],
+        since: int | None,
     ) -> None:
         """Take in what the store reports (see the module docstring: idempotent)."""
         for uid in expunged:
@@ -541,6 +580,9 @@ class _View:
                 del self.flags[uid]
                 self.recent.discard(uid)
             else:
+                if since is not None and uid not in self.stale_expunged:
+                    floor = self.expunge_floor
+                    self.expunge_floor = since if floor is None else min(floor, since)
                 self.stale_expunged.add(uid)
                 self.stale_flags.discard(uid)
         for uid, flags in messages:
@@ -554,11 +596,14 @@ class _View:
                 self.max_uid = uid
                 self.flags[uid] = flags
                 self.note_keywords(flags)
-            elif old != flags and uid not in self.stale_expunged:
-                self.flags[uid] = flags
-                self.note_keywords(flags)
-                if not self.is_new(uid):
-                    self.stale_flags.add(uid)
+            elif uid not in self.stale_expunged:
+                if old != flags:
+                    self.flags[uid] = flags
+                    self.note_keywords(flags)
+                    if not self.is_new(uid):
+                        self.stale_flags.add(uid)
+                if uid in self.stale_flags and uid in modseqs:
+                    self.modseqs[uid] = modseqs[uid]
 
     def note_keywords(self, flags: frozenset[str]) -> None:
         for flag in flags:
@@ -587,7 +632,10 @@ class _View:
             self.flags.pop(uid, None)
             self.stale_expunged.discard(uid)
             self.stale_flags.discard(uid)
+            self.modseqs.pop(uid, None)
             self.recent.discard(uid)
+        if not self.stale_expunged:
+            self.expunge_floor = None
         if self.saved:
             self.saved = self.saved - gone
         return [i + 1 - k for k, i in enumerate(positions)]
@@ -621,6 +669,7 @@ class _Fetch:
     render_chunks: Callable[[MessageView], list[Chunk]] | None
     wanted: set[int]
     with_flags: bool
+    changed_since: int | None = None
     error: Response | None = None
     """Set when rendering failed: the tagged answer; the remaining messages are skipped."""
 
@@ -651,6 +700,11 @@ class ServerConnection:
         self.user: str | None = None
         self.rev2 = False
         """ENABLE IMAP4rev2 was accepted (RFC 9051 §6.3.1): UTF-8 names, ESEARCH, no \\Recent."""
+        self.condstore = False
+        """A CONDSTORE enabling command was seen (RFC 7162 §3.1): every untagged FETCH with
+        FLAGS carries MODSEQ (and UID, when unsolicited) from now on."""
+        self.qresync = False
+        """ENABLE QRESYNC was accepted (RFC 7162 §3.2.3): VANISHED replaces EXPUNGE."""
         self.bad = 0
         self.login_failures = 0
         self.progress = 0
@@ -859,10 +913,23 @@ class ServerConnection:
         self._line(r.UIDNEXT.with_code(f"UIDNEXT {snapshot.uidnext}").line(None))
         if event.readonly:
             self._line(r.NO_PERMANENT_FLAGS.line(None))
-            self._done(event.tag, r.SELECTED_RO)
         else:
             self._line(r.PERMANENT_FLAGS.with_code(f"PERMANENTFLAGS ({system} \\*)").line(None))
-            self._done(event.tag, r.SELECTED_RW)
+        # RFC 7162 §3.1.2.1: with every successful SELECT / EXAMINE, CONDSTORE or not.
+        self._line(r.HIGHESTMODSEQ.with_code(f"HIGHESTMODSEQ {snapshot.highestmodseq}").line(None))
+        if event.qresync is not None:  # RFC 7162 §3.2.5.1: what changed, before the tagged OK
+            gone = [uid for uid in snapshot.vanished if uid not in view.flags]
+            if gone:
+                self._line(b"* VANISHED (EARLIER) %s\r\n" % r.sequence_set(gone).encode())
+            for uid, flags, modseq in snapshot.changed:
+                seq = view.seq(uid)
+                if seq is None:
+                    continue
+                shown = format_flags(view.display_flags(uid, flags, not self.rev2))
+                self._line(
+                    b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (seq, uid, shown, modseq)
+                )
+        self._done(event.tag, r.SELECTED_RO if event.readonly else r.SELECTED_RW)
 
     def done(self, *, selected_gone: bool = False) -> None:
         """CREATE, DELETE, RENAME, SUBSCRIBE or UNSUBSCRIBE succeeded. `selected_gone`: the
@@ -928,6 +995,8 @@ class ServerConnection:
         if uid not in fetch.wanted:
             return
         fetch.wanted.discard(uid)
+        if fetch.changed_since is not None and view.modseq <= fetch.changed_since:
+            return  # RFC 7162 §3.1.4.1: not changed since; nothing to say
         flags = view.flags
         if fetch.with_flags and uid not in mailbox.stale_expunged:
             mailbox.flags[uid] = flags  # the client learns them from this response
@@ -961,22 +1030,44 @@ class ServerConnection:
             response = r.COMPLETED.format(command="FETCH")
         self._done(event.tag, response, expunge_ok=fetch.uid)
 
-    def searched(self, numbers: Sequence[int]) -> None:
-        """The sequence numbers `search.evaluate` matched, for the SEARCH being answered."""
+    def vanished(self, uids: Iterable[int]) -> None:
+        """For a FETCH with `vanished` ranges, before its messages: the UIDs in them expunged
+        since its CHANGEDSINCE (RFC 7162 §3.2.6). Those the client still has a sequence
+        number for are left to the VANISHED that announces their expunge."""
+        if self._fetch is None or self._view is None:
+            if self.closed:
+                return
+            raise RuntimeError("vanished() without a FETCH in progress")
+        known = self._view.flags
+        gone = sorted({uid for uid in uids if uid not in known})
+        if gone:
+            self._line(b"* VANISHED (EARLIER) %s\r\n" % r.sequence_set(gone).encode())
+
+    def searched(self, numbers: Sequence[int], *, modseq: int | None = None) -> None:
+        """The sequence numbers `search.evaluate` matched, for the SEARCH being answered;
+        `modseq`: the highest MODSEQ among them, when the event asked `with_modseq`."""
         event = self._take_store(SearchMessages)
         command, self._search = self._search, None
         if event is None or command is None:
             return
-        self._answer_search(event.tag, command, numbers)
+        self._answer_search(event.tag, command, numbers, modseq)
 
-    def flags_stored(self, changes: Sequence[tuple[int, frozenset[str]]]) -> None:
-        """The STORE was committed: (uid, flags) of every message whose flags changed."""
+    def flags_stored(
+        self,
+        changes: Sequence[tuple[int, frozenset[str]]],
+        *,
+        modseqs: Mapping[int, int] | None = None,
+        modified: Sequence[int] = (),
+    ) -> None:
+        """The STORE was committed: (uid, flags) of every message whose flags changed;
+        `modseqs`: the MODSEQ of every message of the event now (needed once CONDSTORE is
+        enabled); `modified`: UIDs that failed the UNCHANGEDSINCE test (RFC 7162 §3.1.3)."""
         event = self._take_store(StoreFlags)
         command, self._store = self._store, None
         if event is None or command is None:
             return
         assert isinstance(event, StoreFlags) and self._view is not None
-        self._stored(event, command, dict(changes))
+        self._stored(event, command, dict(changes), modseqs or {}, set(modified))
 
     def copied(self, uidvalidity: int, pairs: Sequence[tuple[int, int]]) -> None:
         """COPY or MOVE committed: (source UID, new UID) pairs, ascending (RFC 4315 §3)."""
@@ -1032,14 +1123,20 @@ class ServerConnection:
         expunged: Iterable[int] = (),
         *,
         recent: Iterable[int] = (),
+        modseqs: Mapping[int, int] | None = None,
+        since: int | None = None,
     ) -> None:
         """What the store says changed in the selected mailbox since the last report: (uid,
         flags) of new or changed messages, and expunged UIDs. `recent`: new UIDs this
-        session is the first to see (IMAP4rev1 \\Recent). During IDLE they go out at once."""
+        session is the first to see (IMAP4rev1 \\Recent). During IDLE they go out at once.
+
+        `modseqs` gives the changed messages' MODSEQs (for CONDSTORE sessions); `since` is a
+        MODSEQ all of these changes are above (the HIGHESTMODSEQ the previous report was
+        complete to), which bounds what a client may be told while an expunge waits."""
         view = self._view
         if view is None:
             return
-        view.merge(messages, expunged)
+        view.merge(messages, expunged, modseqs or {}, since)
         view.recent.update(uid for uid in recent if uid in view.flags)
         if self.idling:
             self._announce(expunge_ok=True)
@@ -1087,6 +1184,8 @@ class ServerConnection:
             "UIDPLUS",  # RFC 4315
             "MOVE",  # RFC 6851
             "ESEARCH",  # RFC 4731
+            "CONDSTORE",  # RFC 7162 §3.1
+            "QRESYNC",  # RFC 7162 §3.2
             f"APPENDLIMIT={self.settings.limits.max_literal}",  # RFC 7889
         ]
         return caps
@@ -1321,23 +1420,34 @@ class ServerConnection:
         assert isinstance(cmd, t.Enable)
         enabled = []
         for capability in cmd.capabilities:  # upper-cased by the parser; others are ignored
-            if capability == ENABLEABLE and not self.rev2:
+            name = ENABLEABLE.get(capability)
+            if name is None or name in enabled:
+                continue
+            if capability == "IMAP4REV2" and not self.rev2:
                 self.rev2 = True
-                enabled.append("IMAP4rev2")
+            elif capability == "CONDSTORE" and not self.condstore:
+                self.condstore = True
+            elif capability == "QRESYNC" and not self.qresync:
+                self.qresync = self.condstore = True  # RFC 7162 §3.2.3: implies CONDSTORE
+            else:
+                continue  # already enabled: RFC 5161 §3.2 lists only what this one enabled
+            enabled.append(name)
         self._line(("* ENABLED" + "".join(" " + c for c in enabled) + "\r\n").encode())
         return self._ok(cmd.tag, "ENABLE")
 
     def _cmd_select(self, cmd: t.Command) -> Event | None:
         assert isinstance(cmd, t.Select)
-        if cmd.condstore or cmd.qresync is not None:
-            raise _Refused(r.INVALID_ARGUMENT)  # CONDSTORE/QRESYNC are not advertised
+        if cmd.qresync is not None and not self.qresync:
+            raise _Refused(r.QRESYNC_NOT_ENABLED)  # RFC 7162 §3.2.5: BAD
+        if cmd.condstore:
+            self.condstore = True  # RFC 7162 §3.1.8
         if self._view is not None:
             # RFC 9051 §6.3.2: selecting closes the current mailbox (no expunge) first.
             self._view = None
             self.state = State.AUTHENTICATED
             self._line(r.CLOSED.line(None))
         name = self._name(cmd.mailbox)
-        return self._await(SelectMailbox(cmd.tag, name, cmd.readonly))
+        return self._await(SelectMailbox(cmd.tag, name, cmd.readonly, cmd.qresync))
 
     def _cmd_create(self, cmd: t.Command) -> Event | None:
         assert isinstance(cmd, t.Create)
@@ -1395,6 +1505,8 @@ class ServerConnection:
         if "MAILBOXID" in cmd.items:
             raise _Refused(r.UNSUPPORTED_ITEM)  # RFC 8474 OBJECTID is not offered
         name = self._name(cmd.mailbox)
+        if "HIGHESTMODSEQ" in cmd.items:
+            self.condstore = True  # RFC 7162 §3.1: a CONDSTORE enabling command
         self._status = cmd
         return self._await(GetStatus(cmd.tag, name, "DELETED" in cmd.items))
 
@@ -1466,8 +1578,8 @@ class ServerConnection:
 
     def _cmd_fetch(self, cmd: t.Command) -> Event | None:
         assert isinstance(cmd, t.Fetch) and self._view is not None
-        if cmd.changed_since is not None or cmd.vanished:
-            raise _Refused(r.INVALID_ARGUMENT)  # CONDSTORE/QRESYNC are not advertised
+        if cmd.vanished and not self.qresync:
+            raise _Refused(r.QRESYNC_NOT_ENABLED)  # RFC 7162 §3.2.6
         view = self._view
         messages = self._messages(cmd.sequence, uid=cmd.uid)
         atts = list(cmd.attributes)
@@ -1476,6 +1588,13 @@ class ServerConnection:
         if set_seen and not with_flags:
             atts.append(t.FetchAtt("FLAGS"))  # RFC 9051 §6.4.5: changed flags are included
             with_flags = True
+        with_modseq = any(a.name == "MODSEQ" for a in atts)
+        if with_modseq or cmd.changed_since is not None:
+            self.condstore = True  # RFC 7162 §3.1: a CONDSTORE enabling command
+        if not with_modseq and (cmd.changed_since is not None or (self.condstore and with_flags)):
+            # RFC 7162 §3.1.4.1 (CHANGEDSINCE implies MODSEQ) and §3.1: once enabled, FETCH
+            # responses with flags carry the MODSEQ.
+            atts.append(t.FetchAtt("MODSEQ"))
         try:
             render = render_chunks = None
             if needs_data(atts):
@@ -1484,14 +1603,27 @@ class ServerConnection:
                 render = compile_fetch(atts, uid=cmd.uid, rev2=self.rev2)
         except FetchError as err:
             raise _Refused(Response("BAD" if err.bad else "NO", err.text, err.code)) from None
-        if not messages:
+        vanished = None
+        if cmd.vanished:
+            vanished = cmd.sequence.resolve(MAX_UID)
+        if not messages and vanished is None:
             return self._finish_empty(cmd.tag, "FETCH", uid=cmd.uid)
         uids = [u for _, u in messages]
         seen = [u for u in uids if "\\Seen" not in view.flags.get(u, ())] if set_seen else []
-        self._fetch = _Fetch(cmd.tag, cmd.uid, render, render_chunks, set(uids), with_flags)
+        self._fetch = _Fetch(
+            cmd.tag, cmd.uid, render, render_chunks, set(uids), with_flags, cmd.changed_since
+        )
         self._by_uid = cmd.uid
         return self._await(
-            FetchMessages(cmd.tag, messages, needs_data(atts), needs_parse(atts), seen)
+            FetchMessages(
+                cmd.tag,
+                messages,
+                needs_data(atts),
+                needs_parse(atts),
+                seen,
+                changed_since=cmd.changed_since,
+                vanished=vanished,
+            )
         )
 
     def _cmd_search(self, cmd: t.Command) -> Event | None:
@@ -1501,6 +1633,9 @@ class ServerConnection:
             charset = "UTF-8"  # a superset: 8-bit in a US-ASCII search string is not rejected
         view = self._view
         key = cmd.criteria[0] if len(cmd.criteria) == 1 else t.SearchGroup(cmd.criteria)
+        with_modseq = has_modseq(key)
+        if with_modseq:
+            self.condstore = True  # RFC 7162 §3.1: a CONDSTORE enabling command
         uids = view.uids
         self._search = cmd
         self._by_uid = cmd.uid
@@ -1515,15 +1650,16 @@ class ServerConnection:
                 charset=charset,
                 recent=frozenset(view.recent) if not self.rev2 else frozenset(),
                 needs_text=_needs_text(cmd.criteria),
+                with_modseq=with_modseq,
             )
         )
 
     def _cmd_store(self, cmd: t.Command) -> Event | None:
         assert isinstance(cmd, t.Store) and self._view is not None
-        if cmd.unchanged_since is not None:
-            raise _Refused(r.INVALID_ARGUMENT)  # CONDSTORE is not advertised
         if self._view.readonly:
             raise _Refused(r.READ_ONLY)
+        if cmd.unchanged_since is not None:
+            self.condstore = True  # RFC 7162 §3.1: a CONDSTORE enabling command
         _check_flags(cmd.flags)
         uids = self._resolve(cmd.sequence, uid=cmd.uid)
         if not uids:
@@ -1531,7 +1667,7 @@ class ServerConnection:
         self._store = cmd
         self._by_uid = cmd.uid
         flags = frozenset(cmd.flags)
-        return self._await(StoreFlags(cmd.tag, uids, flags, cmd.mode))
+        return self._await(StoreFlags(cmd.tag, uids, flags, cmd.mode, cmd.unchanged_since))
 
     def _cmd_copy(self, cmd: t.Command) -> Event | None:
         assert isinstance(cmd, t.Copy | t.Move) and self._view is not None
@@ -1614,8 +1750,7 @@ class ServerConnection:
         if view is None:
             return
         if expunge_ok and view.stale_expunged:
-            for number in view.forget(sorted(view.stale_expunged)):
-                self._line(b"* %d EXPUNGE\r\n" % number)
+            self._expunge_lines(view, view.stale_expunged)
         if view.new_keywords:
             view.new_keywords = False
             keywords = " ".join(sorted(view.keywords, key=str.lower))
@@ -1632,49 +1767,107 @@ class ServerConnection:
                 seq = view.seq(uid)
                 if seq is None:
                     continue
-                flags = view.display_flags(uid, view.flags[uid], not self.rev2)
-                self._line(b"* %d FETCH (FLAGS %s)\r\n" % (seq, format_flags(flags)))
+                flags = format_flags(view.display_flags(uid, view.flags[uid], not self.rev2))
+                modseq = view.modseqs.get(uid)
+                if self.condstore and modseq is not None:  # RFC 7162 §3.1: UID and MODSEQ too
+                    self._line(
+                        b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (seq, uid, flags, modseq)
+                    )
+                else:
+                    self._line(b"* %d FETCH (FLAGS %s)\r\n" % (seq, flags))
             view.stale_flags.clear()
+            view.modseqs.clear()
+        if self.qresync and view.expunge_floor is not None:
+            # RFC 7162 §3.2: MODSEQs told while an expunge waits (FETCH, STORE or SEARCH by
+            # number) must not let a client that drops the connection skip it on resync.
+            self._line(r.HIGHESTMODSEQ.with_code(f"HIGHESTMODSEQ {view.expunge_floor}").line(None))
 
     def _announce_expunges(self, uids: Iterable[int]) -> None:
         """Our own EXPUNGE or MOVE removed `uids`: announce them with any others pending."""
         view = self._view
         if view is None:
             return
-        gone = set(uids) | view.stale_expunged
-        for number in view.forget(sorted(gone)):
-            self._line(b"* %d EXPUNGE\r\n" % number)
+        self._expunge_lines(view, set(uids) | view.stale_expunged)
+
+    def _expunge_lines(self, view: _View, uids: Iterable[int]) -> None:
+        """Remove `uids` from the view with EXPUNGE responses, or one VANISHED once QRESYNC
+        is enabled (RFC 7162 §3.2.10: the same rules for when it may be sent)."""
+        ordered = sorted(uids)
+        if not self.qresync:
+            for number in view.forget(ordered):
+                self._line(b"* %d EXPUNGE\r\n" % number)
+            return
+        known = [uid for uid in ordered if view.seq(uid) is not None]
+        view.forget(known)
+        if known:
+            self._line(b"* VANISHED %s\r\n" % r.sequence_set(known).encode())
 
     def _stored(
-        self, event: StoreFlags, command: t.Store, changed: dict[int, frozenset[str]]
+        self,
+        event: StoreFlags,
+        command: t.Store,
+        changed: dict[int, frozenset[str]],
+        modseqs: Mapping[int, int],
+        modified: set[int],
     ) -> None:
+        """The untagged FETCH responses of a STORE (RFC 9051 §6.4.6) and its tagged OK.
+
+        Once CONDSTORE is enabled (RFC 7162 §3.1.3) they carry UID and MODSEQ, and even
+        .SILENT reports the new MODSEQ of each message the STORE changed; messages that
+        failed UNCHANGEDSINCE get no FETCH here and are listed in OK [MODIFIED ...]."""
         view = self._view
         assert view is not None
+        condstore = self.condstore
+        failed: list[int] = []
         for uid in event.uids:
             if uid in view.stale_expunged or uid not in view.flags:
                 continue
+            seq = view.seq(uid)
+            if uid in modified:
+                if seq is not None:
+                    failed.append(uid if command.uid else seq)
+                continue
             expected = _apply(view.flags[uid], event.flags, event.mode)
             actual = changed.get(uid, expected)  # unchanged by the store: as expected
+            modseq = modseqs.get(uid)
             if command.silent:
                 # The client knows what it asked for; anything else changed meanwhile is news.
                 view.flags[uid] = actual
                 if actual != expected:
                     view.stale_flags.add(uid)
+                    if modseq is not None:
+                        view.modseqs[uid] = modseq
+                    continue
+                view.stale_flags.discard(uid)  # a sync may have seen our own change first
+                view.modseqs.pop(uid, None)
+                if condstore and uid in changed and modseq is not None and seq is not None:
+                    self._line(b"* %d FETCH (UID %d MODSEQ (%d))\r\n" % (seq, uid, modseq))
                 continue
             view.flags[uid] = actual
             view.stale_flags.discard(uid)
-            seq = view.seq(uid)
+            view.modseqs.pop(uid, None)
+            view.note_keywords(actual)
             if seq is None:
                 continue
             shown = format_flags(view.display_flags(uid, actual, not self.rev2))
-            if command.uid:  # RFC 9051 §6.4.9: UID STORE responses carry the UID
+            if condstore and modseq is not None:
+                self._line(
+                    b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (seq, uid, shown, modseq)
+                )
+            elif command.uid:  # RFC 9051 §6.4.9: UID STORE responses carry the UID
                 self._line(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, shown))
             else:
                 self._line(b"* %d FETCH (FLAGS %s)\r\n" % (seq, shown))
-            view.note_keywords(actual)
-        self._done(event.tag, r.COMPLETED.format(command="STORE"), expunge_ok=command.uid)
+        if failed:
+            code = "MODIFIED " + r.sequence_set(sorted(failed))
+            response = r.CONDITIONAL_STORE_FAILED.with_code(code)
+        else:
+            response = r.COMPLETED.format(command="STORE")
+        self._done(event.tag, response, expunge_ok=command.uid)
 
-    def _answer_search(self, tag: str, command: t.Search, numbers: Sequence[int]) -> None:
+    def _answer_search(
+        self, tag: str, command: t.Search, numbers: Sequence[int], modseq: int | None
+    ) -> None:
         """SEARCH results: "* SEARCH" for IMAP4rev1 without RETURN, else ESEARCH (RFC 4731,
         RFC 9051 §7.3.4); RETURN (SAVE) keeps the result for "$" (RFC 5182)."""
         view = self._view
@@ -1687,7 +1880,7 @@ class ServerConnection:
         esearch: tuple[str, ...] | None = options
         if esearch is None and self.rev2:
             esearch = ()  # IMAP4rev2 has no SEARCH response: ESEARCH (ALL)
-        self._line(format_search(results, esearch=esearch, tag=tag, uid=command.uid, modseq=None))
+        self._line(format_search(results, esearch=esearch, tag=tag, uid=command.uid, modseq=modseq))
         self._done(tag, r.COMPLETED.format(command="SEARCH"), expunge_ok=command.uid)
 
     # -- LIST / LSUB / STATUS
