@@ -112,6 +112,7 @@ INVALID_SEQUENCE = Response("BAD", "Invalid message sequence number")  # §9 seq
 UNSUPPORTED_ITEM = Response("BAD", "Unsupported item")
 INVALID_FLAGS = Response("BAD", "Invalid flag")  # \Recent and unknown system flags
 INVALID_ARGUMENT = Response("BAD", "Invalid argument")
+UTF8_NOT_ENABLED = Response("BAD", "UTF8 data needs ENABLE UTF8=ACCEPT first")  # RFC 6855 §4
 QRESYNC_NOT_ENABLED = Response("BAD", "QRESYNC is not enabled (ENABLE QRESYNC first)")  # RFC 7162
 
 # --- BYE --------------------------------------------------------------------------------------
@@ -149,7 +150,12 @@ def mailbox_name(name: str, *, utf8: bool) -> bytes:
     """
     if name == "INBOX":
         return b"INBOX"
-    return string(name.encode("utf-8") if utf8 else utf7.encode(name))
+    if not utf8:
+        return string(utf7.encode(name))
+    raw = name.encode("utf-8")
+    if _CONTROL.search(name) is None:  # RFC 9051 §9 quoted-char / RFC 6855 §3: UTF-8 quoted
+        return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return string(raw)
 
 
 def flag_list(flags: Iterable[str]) -> bytes:

@@ -142,7 +142,12 @@ SYSTEM_FLAGS = frozenset({"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\D
 RECENT = "\\Recent"
 #: What ENABLE turns on (RFC 5161; RFC 9051 §6.3.1; RFC 7162 §3.1, §3.2.3), as the parser
 #: gives the names (upper case), with the spelling ENABLED answers with.
-ENABLEABLE = {"IMAP4REV2": "IMAP4rev2", "CONDSTORE": "CONDSTORE", "QRESYNC": "QRESYNC"}
+ENABLEABLE = {
+    "IMAP4REV2": "IMAP4rev2",
+    "CONDSTORE": "CONDSTORE",
+    "QRESYNC": "QRESYNC",
+    "UTF8=ACCEPT": "UTF8=ACCEPT",
+}
 #: The largest UID (RFC 9051 §2.3.1.1): "*" in the UID set of a VANISHED request.
 MAX_UID = 4294967295
 #: Output gathered by FETCH above which the adapter should flush before loading more.
@@ -700,6 +705,8 @@ class ServerConnection:
         self.user: str | None = None
         self.rev2 = False
         """ENABLE IMAP4rev2 was accepted (RFC 9051 §6.3.1): UTF-8 names, ESEARCH, no \\Recent."""
+        self.utf8 = False
+        """UTF-8 in quoted strings and mailbox names: IMAP4rev2 or UTF8=ACCEPT (RFC 6855 §3)."""
         self.condstore = False
         """A CONDSTORE enabling command was seen (RFC 7162 §3.1): every untagged FETCH with
         FLAGS carries MODSEQ (and UID, when unsolicited) from now on."""
@@ -1186,6 +1193,15 @@ class ServerConnection:
             "ESEARCH",  # RFC 4731
             "CONDSTORE",  # RFC 7162 §3.1
             "QRESYNC",  # RFC 7162 §3.2
+            "SEARCHRES",  # RFC 5182
+            "WITHIN",  # RFC 5032
+            "LIST-EXTENDED",  # RFC 5258
+            "LIST-STATUS",  # RFC 5819
+            "CREATE-SPECIAL-USE",  # RFC 6154 §3
+            "STATUS=SIZE",  # RFC 8438
+            "MULTIAPPEND",  # RFC 3502
+            "BINARY",  # RFC 3516
+            "UTF8=ACCEPT",  # RFC 6855
             f"APPENDLIMIT={self.settings.limits.max_literal}",  # RFC 7889
         ]
         return caps
@@ -1216,7 +1232,7 @@ class ServerConnection:
             return None
         assert isinstance(event, RawCommand)
         self._tag = event.tag
-        command = parse_command(event, utf8=self.rev2)
+        command = parse_command(event, utf8=self.utf8)
         return self._dispatch(command)
 
     def _continuation(self, request: ContinuationRequest) -> None:
@@ -1424,7 +1440,9 @@ class ServerConnection:
             if name is None or name in enabled:
                 continue
             if capability == "IMAP4REV2" and not self.rev2:
-                self.rev2 = True
+                self.rev2 = self.utf8 = True
+            elif capability == "UTF8=ACCEPT" and not self.utf8:
+                self.utf8 = True
             elif capability == "CONDSTORE" and not self.condstore:
                 self.condstore = True
             elif capability == "QRESYNC" and not self.qresync:
@@ -1517,6 +1535,8 @@ class ServerConnection:
             _check_flags(message.flags)
             if not message.data:
                 raise _Refused(r.EMPTY_MESSAGE)
+            if message.utf8 and not self.utf8:
+                raise _Refused(r.UTF8_NOT_ENABLED)  # RFC 6855 §4: after ENABLE UTF8=ACCEPT
         return self._await(AppendMessages(cmd.tag, name, cmd.messages))
 
     def _cmd_idle(self, cmd: t.Command) -> Event | None:
@@ -1892,7 +1912,7 @@ class ServerConnection:
         self, kind: bytes, name: str, attributes: Iterable[str], extra: Iterable[bytes]
     ) -> bytes:
         attrs = " ".join(attributes).encode("ascii")
-        line = b'* %s (%s) "/" %s' % (kind, attrs, r.mailbox_name(name, utf8=self.rev2))
+        line = b'* %s (%s) "/" %s' % (kind, attrs, r.mailbox_name(name, utf8=self.utf8))
         for item in extra:
             line += b" " + item
         return line + b"\r\n"
@@ -1992,7 +2012,7 @@ class ServerConnection:
                 values.append(f"HIGHESTMODSEQ {entry.highestmodseq}")
             elif item == "APPENDLIMIT":
                 values.append(f"APPENDLIMIT {self.settings.limits.max_literal}")
-        name = r.mailbox_name(entry.name, utf8=self.rev2)
+        name = r.mailbox_name(entry.name, utf8=self.utf8)
         return b"* STATUS %s (%s)\r\n" % (name, " ".join(values).encode("ascii"))
 
     # -- plumbing
