@@ -81,6 +81,7 @@ class App:
             self.tls,
             idle_timeout=config.imap.idle_timeout,
             max_message_size=config.limits.message_size,
+            allow_plaintext_loopback=config.imap.allow_plaintext_loopback,
         )
         self.listeners = Listeners(
             self.tls,

@@ -4,9 +4,14 @@ BINARY (RFC 3516), UTF8=ACCEPT (RFC 6855) and CREATE-SPECIAL-USE (RFC 6154)."""
 
 from __future__ import annotations
 
+import imaplib
+import signal
 from collections.abc import Callable
+from pathlib import Path
 
-from homing.store import Store
+import pytest
+
+from homing.store import Store, make_credentials
 from tests.integration import test_imap as base
 from tests.integration.conftest import Server
 from tests.integration.test_imap import Raw, mailbox_state, msg
@@ -161,3 +166,30 @@ def test_utf8_accept(server: Server, account: Callable[..., str]) -> None:
     assert raw.cmd(b"S", b'STATUS "K\xc3\xa4se" (MESSAGES)')[0] == (
         b'* STATUS "K\xc3\xa4se" (MESSAGES 1)\r\n'
     )
+
+
+def test_allow_plaintext_loopback(tmp_path: Path) -> None:
+    """[imap] allow_plaintext_loopback: LOGIN without TLS from 127.0.0.1 (off by default)."""
+    plain = base.start_server(tmp_path / "s", {"imap": {"allow_plaintext_loopback": True}})
+    try:
+        with Store.open(plain.data / "homing.db") as db:
+            user = f"plain@{base.DOMAIN}"
+            db.add_account(
+                user, make_credentials(base.PASSWORD, hasher=base.FAST, scram_iterations=4096)
+            )
+        client = imaplib.IMAP4(*plain.address("imap"), timeout=10)
+        assert "LOGINDISABLED" not in client.capabilities
+        assert {"STARTTLS", "AUTH=PLAIN"} <= set(client.capabilities)
+        assert client.login(user, base.PASSWORD)[0] == "OK"
+        assert client.select("INBOX")[0] == "OK"
+        client.logout()
+    finally:
+        plain.stop(signal.SIGKILL)
+
+
+def test_plaintext_login_refused_by_default(server: Server, account: Callable[..., str]) -> None:
+    client = imaplib.IMAP4(*server.address("imap"), timeout=10)
+    assert "LOGINDISABLED" in client.capabilities
+    with pytest.raises(imaplib.IMAP4.error, match="PRIVACYREQUIRED"):
+        client.login(account(), base.PASSWORD)
+    client.logout()

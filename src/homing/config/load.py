@@ -679,6 +679,11 @@ _SECTIONS = (
         (
             # RFC 9051 §5.4: an inactivity autologout timer of at least 30 minutes.
             _Key("idle_timeout", _Duration(), "idle time before a session is closed (RFC: 30m)"),
+            _Key(
+                "allow_plaintext_loopback",
+                _Boolean(),
+                "allow passwords without TLS from 127.0.0.1 and ::1",
+            ),
         ),
         "The IMAP server (ports 143 and 993).",
     ),

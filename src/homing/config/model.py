@@ -135,6 +135,9 @@ class IMAPConfig:
     """Seconds without a command before the session is closed (RFC 9051 §5.4: the
     inactivity autologout timer is at least 30 minutes). A client in IDLE is never timed
     out: it hears "* OK Still here" every two minutes instead."""
+    allow_plaintext_loopback: bool = False
+    """Allow LOGIN and AUTHENTICATE without TLS from loopback addresses (127.0.0.0/8, ::1),
+    e.g. for a local webmail or sync script. Elsewhere passwords only travel under TLS."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,7 @@ from typing import NamedTuple, TypeVar
 from homing.auth import Authenticator
 from homing.mail.mime import parse_message
 from homing.net.sessions import SessionRegistry as _Registry
-from homing.net.stream import Stream
+from homing.net.stream import Stream, is_loopback
 from homing.net.tls import TLSContexts
 from homing.proto.imap import responses as r
 from homing.proto.imap import server as core
@@ -1200,11 +1200,14 @@ class IMAPService:
         *,
         idle_timeout: float,
         max_message_size: int,
+        allow_plaintext_loopback: bool = False,
     ) -> None:
+        """`allow_plaintext_loopback`: take passwords without TLS from 127.0.0.0/8 and ::1."""
         self.store = store
         self.auth = authenticator
         self.tls = tls
         self.idle_timeout = idle_timeout
+        self.allow_plaintext_loopback = allow_plaintext_loopback
         self.limits = Limits(
             max_literal=max_message_size, max_command=max_message_size + Limits().max_line
         )
@@ -1213,10 +1216,12 @@ class IMAPService:
         self.recent = RecentTracker()
         self.executor = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="homing-imap")
 
-    def settings(self, *, implicit_tls: bool) -> core.Settings:
+    def settings(self, *, implicit_tls: bool, peer: str = "") -> core.Settings:
+        """The core's settings for a connection from `peer` (an IP address)."""
         return core.Settings(
             tls_active=implicit_tls,
             starttls=self.tls is not None and not implicit_tls,
+            allow_plaintext_auth=self.allow_plaintext_loopback and is_loopback(peer),
             limits=self.limits,
         )
 
@@ -1226,7 +1231,7 @@ class IMAPService:
         async def handle(stream: Stream) -> None:
             session = IMAPSession(
                 stream,
-                settings=self.settings(implicit_tls=implicit_tls),
+                settings=self.settings(implicit_tls=implicit_tls, peer=stream.peer[0]),
                 store=self.store,
                 authenticator=self.auth,
                 tls=self.tls,

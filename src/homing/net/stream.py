@@ -532,3 +532,11 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a peer address as `Stream.peer` gives it) is 127.0.0.0/8 or ::1."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -167,6 +167,9 @@ class Settings:
 
     tls_active: bool = False
     """The connection is already encrypted (port 993, implicit TLS, RFC 8314)."""
+    allow_plaintext_auth: bool = False
+    """Accept LOGIN and AUTHENTICATE without TLS (a loopback client, with [imap]
+    allow_plaintext_loopback). Otherwise passwords are taken only under TLS (RFC 9051 §6.2.3)."""
     starttls: bool = False
     """Offer STARTTLS (RFC 9051 §6.2.1) while the session is not yet encrypted."""
     mechanisms: tuple[str, ...] = sasl.MECHANISMS
@@ -1172,9 +1175,9 @@ class ServerConnection:
         """The CAPABILITY list for the current state (RFC 9051 §7.2.2)."""
         caps = ["IMAP4rev2", "IMAP4rev1"]
         if self.state is State.NOT_AUTHENTICATED:
-            if not self.tls:
-                if self.settings.starttls:
-                    caps.append("STARTTLS")
+            if not self.tls and self.settings.starttls:
+                caps.append("STARTTLS")
+            if not self._secure:
                 caps.append("LOGINDISABLED")  # RFC 9051 §6.2.3: no LOGIN in clear
             else:
                 caps += [f"AUTH={m}" for m in self.settings.mechanisms]
@@ -1205,6 +1208,11 @@ class ServerConnection:
             f"APPENDLIMIT={self.settings.limits.max_literal}",  # RFC 7889
         ]
         return caps
+
+    @property
+    def _secure(self) -> bool:
+        """Passwords may be sent: under TLS, or from a trusted loopback client."""
+        return self.tls or self.settings.allow_plaintext_auth
 
     # ---------------------------------------------------------------------------- reading
 
@@ -1243,7 +1251,7 @@ class ServerConnection:
         refusal: Response | None = None
         if states is not None and self.state not in states:
             refusal = self._wrong_state()
-        elif name == "LOGIN" and not self.tls:
+        elif name == "LOGIN" and not self._secure:
             refusal = r.PRIVACY_REQUIRED
         if refusal is None:
             self._line(b"+ Ready for literal data\r\n")
@@ -1343,7 +1351,7 @@ class ServerConnection:
 
     def _cmd_login(self, cmd: t.Command) -> Event | None:
         assert isinstance(cmd, t.Login)
-        if not self.tls:
+        if not self._secure:
             raise _Refused(r.PRIVACY_REQUIRED)  # RFC 9051 §6.2.3 LOGINDISABLED
         try:
             user = sasl.saslprep(cmd.userid)
@@ -1359,7 +1367,7 @@ class ServerConnection:
 
     def _cmd_authenticate(self, cmd: t.Command) -> Event | None:
         assert isinstance(cmd, t.Authenticate)
-        if not self.tls:
+        if not self._secure:
             raise _Refused(r.PRIVACY_REQUIRED)
         name = cmd.mechanism.upper()
         if name not in self.settings.mechanisms:
