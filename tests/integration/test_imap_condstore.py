@@ -38,6 +38,15 @@ def session(server: Server, user: str, enable: bytes = b"IMAP4rev2 QRESYNC") -> 
     return raw
 
 
+def expunge_elsewhere(server: Server, user: str, uid: int) -> None:
+    """Another session of the server process flags `uid` \\Deleted and expunges it."""
+    other = imaps(server, user)
+    other.select("INBOX")
+    other.uid("STORE", str(uid), "+FLAGS.SILENT", "(\\Deleted)")
+    other.expunge()
+    other.logout()
+
+
 def select_lines(validity: int, uidnext: int, highest: int, exists: int) -> list[bytes]:
     """The untagged lines of an IMAP4rev2 SELECT INBOX (no keywords in use)."""
     return [
@@ -100,11 +109,7 @@ def test_qresync_transcript(server: Server, store: Store, account: Callable[...,
         b"U OK STORE completed\r\n",
     ]
     # Another session expunges UID 3 (\Deleted: 13, expunge: 14): VANISHED, not EXPUNGE.
-    other = imaps(server, user)
-    other.select("INBOX")
-    other.uid("STORE", "3", "+FLAGS.SILENT", "(\\Deleted)")
-    other.expunge()
-    other.logout()
+    expunge_elsewhere(server, user, 3)
     lines = raw.cmd(b"N", b"NOOP")
     assert lines == [b"* VANISHED 3\r\n", b"N OK NOOP completed\r\n"]
     # SEARCH MODSEQ reports the highest MODSEQ among the matches (RFC 7162 §3.1.5).
@@ -243,11 +248,7 @@ def test_qresync_move_and_an_expunge_held_back_during_fetch(
     # An expunge by another party (MODSEQ 6, 7) cannot be announced during FETCH by number
     # (RFC 9051 §7.5.1), so the FETCH is followed by HIGHESTMODSEQ below it: a client that
     # loses the connection now resynchronises from there and still hears of it.
-    other = imaps(server, user)
-    other.select("INBOX")
-    other.uid("STORE", "2", "+FLAGS.SILENT", "(\\Deleted)")
-    other.expunge()
-    other.logout()
+    expunge_elsewhere(server, user, 2)
     lines = raw.cmd(b"F", b"FETCH 1:* (UID FLAGS)")
     assert lines == [
         b"* 2 FETCH (UID 3 FLAGS () MODSEQ (4))\r\n",
