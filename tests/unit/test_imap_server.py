@@ -397,6 +397,18 @@ def test_login_failures_end_the_session() -> None:
     assert d.conn.closed
 
 
+def test_authenticate_as_someone_else_is_authorizationfailed() -> None:
+    """RFC 5530 §3: an authzid naming another user is AUTHORIZATIONFAILED; the password is
+    never checked for it, so the answer says nothing about the password."""
+    d = Driver()
+    d.start()
+    response = base64.b64encode(b"mallory\0alice\0" + PASSWORD.encode())
+    out = d.send(b"a AUTHENTICATE PLAIN " + response + b"\r\n")
+    assert out == b"a NO [AUTHORIZATIONFAILED] Not authorized to act as that user\r\n"
+    assert not any(isinstance(e, core.CheckPassword) for e in d.events)
+    assert d.conn.state is core.State.NOT_AUTHENTICATED
+
+
 def test_authenticate_plain_with_initial_response() -> None:
     d = Driver()
     d.start()

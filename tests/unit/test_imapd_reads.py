@@ -192,6 +192,35 @@ async def test_session_fetch_and_search_use_bulk_reads(tmp_path: Path) -> None:
     assert store.calls <= 2 + 9
 
 
+class BuggyStore(Store):
+    """The real store, with a bug planted in one read (a programming error, not a StoreError)."""
+
+    def list_mailboxes(self, account_id: int) -> list[MailboxInfo]:
+        raise ValueError("planted bug")
+
+
+async def test_a_bug_is_no_serverbug_and_the_session_goes_on(tmp_path: Path) -> None:
+    store = BuggyStore.open(tmp_path / "homing.db", create=True)
+    auth = Authenticator(store)
+    service = IMAPService(store, auth, None, idle_timeout=60, max_message_size=1 << 20)
+    stream = MemoryStream("imaps", tls=DEFAULT_TLS_INFO)
+    task = asyncio.ensure_future(service.handler(implicit_tls=True)(stream))
+    try:
+        store.add_domain("example.com")
+        store.add_account("bob@example.com", make_credentials("pw", hasher=FAST_HASHER))
+        await stream.read_output(b"\r\n")
+        stream.feed(b'a LOGIN bob@example.com pw\r\nb LIST "" *\r\nc SELECT INBOX\r\n')
+        out = await stream.read_output(b"c OK [READ-WRITE] Select completed\r\n", timeout=20)
+        assert b"\r\nb NO [SERVERBUG] Internal error, see the server log\r\n" in out
+        stream.feed(b"z LOGOUT\r\n")
+        await asyncio.wait_for(task, 10)
+    finally:
+        task.cancel()
+        service.close()
+        auth.close()
+        store.close()
+
+
 # -- the selected mailbox's metadata -------------------------------------------------------
 
 SEEN = frozenset({"\\Seen"})

@@ -410,12 +410,16 @@ class IMAPSession:
                 await self._store_event(event)
 
     async def _store_event(self, event: core.Event) -> None:
-        """Answer a store event; store trouble becomes NO [UNAVAILABLE] (and a log line)."""
+        """Answer a store event; store trouble becomes NO [UNAVAILABLE], a bug of ours NO
+        [SERVERBUG] (RFC 5530), each with a log line; the session goes on either way."""
         try:
             await self._dispatch(event)
         except StoreError as err:
             log.error("%s store error on %s: %s", self._log_prefix, type(event).__name__, err)
             self.conn.failed(r.TEMPORARY_FAILURE)
+        except Exception:
+            log.exception("%s internal error on %s", self._log_prefix, type(event).__name__)
+            self.conn.failed(r.SERVER_BUG)
 
     async def _dispatch(self, event: core.Event) -> None:
         if isinstance(event, core.SelectMailbox):

@@ -80,6 +80,9 @@ NO_MESSAGES = Response("OK", "No messages matched")  # COPY/MOVE/UID EXPUNGE of 
 # --- NO ---------------------------------------------------------------------------------------
 AUTH_FAILED = Response("NO", "Authentication failed", "AUTHENTICATIONFAILED")  # RFC 5530 §3
 AUTH_UNAVAILABLE = Response("NO", "Try again later", "UNAVAILABLE")  # RFC 5530 §3
+AUTHZ_FAILED = Response(  # RFC 5530 §3: SASL authzid names another user
+    "NO", "Not authorized to act as that user", "AUTHORIZATIONFAILED"
+)
 PRIVACY_REQUIRED = Response(  # RFC 5530 §3; RFC 9051 §6.2.3 LOGINDISABLED
     "NO", "Login needs TLS: use STARTTLS first", "PRIVACYREQUIRED"
 )
@@ -97,6 +100,7 @@ EXPUNGE_ISSUED = Response(  # RFC 5530 §3; RFC 2180 §4.1.3
 )
 EMPTY_MESSAGE = Response("NO", "Cannot append an empty message", "CANNOT")
 TEMPORARY_FAILURE = Response("NO", "Temporary failure, try again later", "UNAVAILABLE")
+SERVER_BUG = Response("NO", "Internal error, see the server log", "SERVERBUG")  # RFC 5530 §3
 
 # --- BAD --------------------------------------------------------------------------------------
 NOT_AUTHENTICATED = Response("BAD", "Log in first")  # command needs authentication

@@ -2074,7 +2074,7 @@ _SPECIAL_USES = frozenset(
 _SASL_REFUSALS: dict[sasl.ErrorKind, Response] = {
     "cancelled": r.AUTH_CANCELLED,
     "malformed": r.AUTH_BAD_DATA,
-    "authzid": r.AUTH_FAILED,
+    "authzid": r.AUTHZ_FAILED,
     "too_long": r.AUTH_LINE_TOO_LONG,
 }
 _STORE_EVENTS: tuple[type, ...] = (
