@@ -471,6 +471,43 @@ def test_message_expunged_over_imap_during_the_session(
     assert inbox_uids(store, user) == [2]
 
 
+def test_pipelined_retrieval_reads_ahead(
+    server: Server, store: Store, account: Callable[..., str]
+) -> None:
+    """RETR and TOP pipelined well past one read-ahead batch (pop3d.session.READ_AHEAD
+    messages, READ_AHEAD_BYTES), with big messages, one over BIG_MESSAGE, and one expunged
+    after login: every answer is the right one, in order, byte-stuffed."""
+    messages = [msg(n) for n in range(1, 41)]
+    messages[2] = msg(3, b".dotted\r\n..\r\n")
+    messages[9] = messages[10] = msg(10, (b"y" * 998 + b"\r\n") * 150)  # 150 KB each
+    messages[19] = msg(20, (b"z" * 1022 + b"\r\n") * 1100)  # 1.1 MB: read on its own
+    user = account(*messages)
+    acct = store.get_account(user)
+    assert acct is not None
+    mailbox = store.get_mailbox(acct.id, "INBOX")
+    assert mailbox is not None
+    raw = Raw(server.pop3s, tls=True)
+    assert raw.login(user).startswith(b"+OK Logged in, 40 messages")
+    store.expunge(mailbox.id, [7], force=True).result(timeout=10)
+    raw.send(
+        b"".join(b"RETR %d\r\n" % n for n in range(1, 41))
+        + b"TOP 3 1\r\nDELE 2\r\nRETR 2\r\nRETR 1\r\n"
+    )
+    for n, expected in enumerate(messages, start=1):
+        if n == 7:
+            assert raw.line() == b"-ERR [SYS/TEMP] Message unavailable, try again later\r\n"
+            continue
+        assert raw.line() == b"+OK %d octets\r\n" % len(expected)
+        assert raw.body() == expected.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    assert raw.line() == b"+OK Top of message follows\r\n"
+    assert raw.body() == msg(3).split(b"\r\n\r\n")[0] + b"\r\n\r\nbody 3\r\n.\r\n"
+    assert raw.line() == b"+OK Message 2 deleted\r\n"
+    assert raw.line() == b"-ERR Message already deleted\r\n"
+    assert raw.line() == b"+OK %d octets\r\n" % len(messages[0])
+    assert raw.body() == messages[0] + b".\r\n"
+    assert raw.cmd(b"QUIT") == b"+OK Bye, 1 messages deleted\r\n"
+
+
 def test_app_password(server: Server, account: Callable[..., str]) -> None:
     user = account(msg(1))
     out = server.cli("account", "app-password", "add", user, "fetcher").stdout

@@ -32,6 +32,8 @@ class Driver:
     conn: core.ServerConnection = field(init=False)
     events: list[object] = field(default_factory=list)
     expunged: list[int] = field(default_factory=list)
+    ahead: list[list[int]] = field(default_factory=list)
+    """`queued_retrievals(8)` at each Retrieve event."""
 
     def __post_init__(self) -> None:
         self.conn = core.ServerConnection(
@@ -65,6 +67,7 @@ class Driver:
             elif isinstance(ev, core.Authenticated):
                 self._login()
             elif isinstance(ev, core.Retrieve):
+                self.ahead.append(conn.queued_retrievals(8))
                 data = self.messages.get(ev.uid)
                 if data is None:
                     conn.retrieve_failed()
@@ -308,6 +311,70 @@ def test_message_normalising(message: bytes, top: int | None, wire: bytes) -> No
     d.messages[101] = message
     out = d.send(b"RETR 1\r\n" if top is None else b"TOP 1 %d\r\n" % top)
     assert out.split(b"\r\n", 1)[1] == wire + b".\r\n"
+
+
+@pytest.mark.parametrize(
+    ("message", "ready"),
+    [
+        (b"Subject: x\r\n\r\nbody\r\n", True),
+        (b"\r\n", True),
+        (b"a\r\n\r\n\r\n", True),
+        (b"a\r\nb. c.\r\n", True),
+        (b"", False),  # no final CRLF
+        (b"a\r\nb", False),
+        (b"a\r\nb\r", False),
+        (b"a\nb\r\n", False),  # bare LF
+        (b"\nb\r\n", False),
+        (b"a\rb\r\n", False),  # bare CR
+        (b"a\r\r\n", False),
+        (b"a\n\r\n", False),
+        (b".a\r\n", False),  # a line starting with "."
+        (b"a\r\n.\r\n", False),
+        (b"a\r\n..b\r\n", False),
+    ],
+)
+def test_wire_ready(message: bytes, ready: bool) -> None:
+    """Only a message that normalising and byte-stuffing would leave alone is sent as is."""
+    assert core._wire_ready(message) is ready
+    if ready:
+        assert core._stuff(core._normalise(message)) == message
+
+
+def test_queued_retrievals_name_pipelined_messages() -> None:
+    d = logged_in()
+    d.send(
+        b"RETR 1\r\nRETR 3\r\nNOOP\r\nTOP 2 5\r\nretr 3\r\nRETR 9\r\nRETR x\r\n"
+        b"DELE 3\r\nRETR 3\r\nRETR 2"
+    )
+    # At each Retrieve, the complete RETR/TOP lines behind it (not yet handled: DELE 3 is not
+    # yet done), without out-of-range numbers, syntax errors or the unfinished last line.
+    assert d.ahead == [[105, 102, 105, 105], [102, 105, 105], [105, 105], [105]]
+    assert d.of(core.Retrieve) == [
+        core.Retrieve(1, 101, None),
+        core.Retrieve(3, 105, None),
+        core.Retrieve(2, 102, 5),
+        core.Retrieve(3, 105, None),
+    ]
+    d.send(b"\r\n")
+    assert d.ahead[-1] == [] and d.of(core.Retrieve)[-1] == core.Retrieve(2, 102, None)
+
+
+def test_queued_retrievals_skip_deleted_and_stop_at_the_limit() -> None:
+    d = logged_in()
+    d.send(b"DELE 2\r\nRETR 1\r\nRETR 2\r\nRETR 3\r\n")
+    assert d.ahead[0] == [105]
+    conn = logged_in().conn
+    conn.receive_data(b"RETR 1\r\nRETR 2\r\nTOP 3 0\r\n")
+    assert conn.next_event() == core.Retrieve(1, 101, None)
+    assert conn.queued_retrievals(1) == [102]
+    assert conn.queued_retrievals(0) == []
+    assert conn.queued_retrievals(5) == [102, 105]
+
+
+def test_queued_retrievals_only_in_transaction() -> None:
+    d = session(tls_active=True)
+    d.conn.receive_data(b"RETR 1\r\n")
+    assert d.conn.queued_retrievals(8) == []
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,10 @@
 Invariants: whatever bytes arrive, in whatever pieces, no exception escapes the core and only
 well-formed output comes out: status lines ("+OK", "-ERR", "+ " continuations) and multi-line
 bodies whose lines starting with "." are stuffed, each ended by a lone "."; an Update (which
-deletes mail) happens only after the client sent QUIT, never on a dropped connection; and a
-retrieved message round-trips through byte-stuffing and any split of the input.
+deletes mail) happens only after the client sent QUIT, never on a dropped connection; a
+retrieved message round-trips through byte-stuffing and any split of the input; and sending a
+message as stored (the fast path) puts on the wire exactly what normalising its line ends and
+byte-stuffing it would.
 """
 
 from __future__ import annotations
@@ -147,3 +149,33 @@ def test_retr_and_top_round_trip(lines: list[bytes], cuts: list[int], top: int) 
     assert top_body.endswith(b"\r\n.\r\n")
     expected = b"Subject: x\r\n\r\n" + b"".join(line + b"\r\n" for line in lines[:top])
     assert (b"\r\n" + top_body[:-3]).replace(b"\r\n..", b"\r\n.")[2:] == expected
+
+
+# Messages made of the pieces that matter to line ends and stuffing, or of any bytes.
+wire_pieces = st.sampled_from([b"\r\n", b"\r", b"\n", b".", b"..", b"a", b"\r\n.", b"x y"])
+messages = st.lists(wire_pieces, max_size=30).map(b"".join) | st.binary(max_size=60)
+
+
+def reference_wire(data: bytes, top: int | None) -> bytes:
+    """What RETR or TOP sends for `data`, through the normalising path only."""
+    body = core._normalise(data)
+    if top is not None:
+        body = core._top(body, top)
+    return core._stuff(body)
+
+
+@given(messages, st.none() | st.integers(0, 4))
+@settings(max_examples=400, deadline=None)
+def test_sent_as_stored_only_when_nothing_would_change(data: bytes, top: int | None) -> None:
+    d = Driver()
+    d.messages = {9: data}
+    d.start()
+    d.send(f"USER alice\r\nPASS {PASSWORD}\r\n".encode())
+    out = d.send(b"RETR 1\r\n" if top is None else b"TOP 1 %d\r\n" % top)
+    head, _, wire = out.partition(b"\r\n")
+    assert wire == reference_wire(data, top) + b".\r\n"
+    if top is None:
+        assert head == b"+OK %d octets" % len(core._normalise(data))
+    if core._wire_ready(data):
+        assert reference_wire(data, None) == data
+    event("sent as stored" if core._wire_ready(data) else "normalised or stuffed")

@@ -15,6 +15,12 @@ INBOX:
 * UIDL: ``UIDVALIDITY.UID`` of the INBOX. Both come from the store and a UID is never reused
   under one UIDVALIDITY, so a UIDL is stable across sessions and never names another message
   (RFC 1939 §7).
+* RETR: when a client pipelines RETR (or TOP) commands (RFC 2449 §6.6), the messages they
+  name are read from the store in one statement (`Store.read_messages`) when the first of
+  them is answered, and kept until theirs is; a batch is bounded by `READ_AHEAD` messages and
+  `READ_AHEAD_BYTES`. Messages are never changed once stored, so a message read a moment
+  early is the message; one expunged meanwhile (over IMAP) is simply not in the batch and
+  gets "-ERR [SYS/TEMP]", as it would have without reading ahead.
 * UPDATE: only after QUIT; the messages marked with DELE are expunged in one store
   transaction (`Store.expunge(..., force=True)`), so they also disappear from IMAP at once. A
   dropped connection, a timeout or a shutdown deletes nothing (RFC 1939 §6).
@@ -23,7 +29,6 @@ INBOX:
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import secrets
 import time
@@ -32,7 +37,7 @@ from dataclasses import dataclass
 
 from homing.auth import Authenticator
 from homing.net.sessions import SessionRegistry as _Registry
-from homing.net.stream import Stream
+from homing.net.stream import Stream, is_loopback
 from homing.net.tls import TLSContexts
 from homing.proto.pop3 import codes
 from homing.proto.pop3 import server as core
@@ -45,6 +50,11 @@ log = logging.getLogger("homing.pop3")
 FLUSH_AT = 256 * 1024
 #: Messages larger than this are read from the store in a worker thread, not on the loop.
 BIG_MESSAGE = 1024 * 1024
+#: Pipelined RETR/TOP commands whose messages are read with the one being answered.
+READ_AHEAD = 16
+#: The most octets (by snapshot size) one read-ahead batch holds. A batch is read on the
+#: event loop, as any message up to `BIG_MESSAGE` is, so it is kept to a quarter of that.
+READ_AHEAD_BYTES = 256 * 1024
 
 
 def uidl(uidvalidity: int, uid: int) -> str:
@@ -57,19 +67,12 @@ def settings_for(
 ) -> core.Settings:
     """The core's settings for one connection: passwords without TLS only from loopback, and
     only when the configuration allows it."""
-    plaintext = allow_plaintext_loopback and _is_loopback(stream.peer[0])
+    plaintext = allow_plaintext_loopback and is_loopback(stream.peer[0])
     return core.Settings(
         allow_plaintext_auth=plaintext,
         tls_active=implicit_tls,
         starttls=starttls and not implicit_tls,
     )
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Maildrops:
@@ -147,8 +150,8 @@ class POP3Session:
         self.retrieved = 0
         self.deleted = 0
         self._scram: _Scram | None = None
-        self._pending: list[bytes] = []
-        self._pending_size = 0
+        self._ahead: dict[int, bytes] = {}  # read-ahead messages by UID, until RETR'd
+        self._unflushed = 0  # message octets queued in the core since the last flush
         self._task: asyncio.Task[None] | None = None
         self._reading = False
         self._interrupted = False
@@ -244,19 +247,11 @@ class POP3Session:
         finally:
             self._reading = False
 
-    def _collect(self) -> None:
-        out = self.conn.data_to_send()
-        if out:
-            self._pending.append(out)
-            self._pending_size += len(out)
-
     async def _flush(self) -> None:
-        self._collect()
-        if not self._pending:
+        self._unflushed = 0
+        out = self.conn.data_to_send()
+        if not out:
             return
-        out = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-        self._pending.clear()
-        self._pending_size = 0
         try:
             await self.stream.write(out)
         except (ConnectionError, OSError):
@@ -372,28 +367,46 @@ class POP3Session:
     # ------------------------------------------------------------------------- TRANSACTION
 
     async def _retrieve(self, event: core.Retrieve) -> None:
-        maildrop = self.maildrop
-        assert maildrop is not None  # the core sends Retrieve only in TRANSACTION
-        try:
-            if maildrop.sizes.get(event.uid, 0) > BIG_MESSAGE:
-                loop = asyncio.get_running_loop()
-                data = await loop.run_in_executor(
-                    None, self.store.read_message, maildrop.mailbox_id, event.uid
-                )
-            else:
-                data = self.store.read_message(maildrop.mailbox_id, event.uid)
-        except StoreError as err:
-            log.error("%s cannot read uid=%d: %s", self._log_prefix, event.uid, err)
-            data = None
+        data = self._ahead.pop(event.uid, None)
+        if data is None:
+            try:
+                data = await self._load(event.uid)
+            except StoreError as err:
+                log.error("%s cannot read uid=%d: %s", self._log_prefix, event.uid, err)
         if data is None:
             # Expunged meanwhile (over IMAP), or the store failed: -ERR [SYS/TEMP].
             self.conn.retrieve_failed()
             return
         self.conn.send_message(data)
         self.retrieved += 1
-        self._collect()
-        if self._pending_size >= FLUSH_AT:
+        # The core gathers the answers to pipelined commands; they go out in one write once
+        # they are this big (or when the client's commands run out: NEED_DATA).
+        self._unflushed += len(data)
+        if self._unflushed >= FLUSH_AT:
             await self._flush()
+
+    async def _load(self, uid: int) -> bytes | None:
+        """Message `uid` from the store, and with it those of the RETR/TOP commands pipelined
+        behind its own (kept in `_ahead`); None if it is no longer there."""
+        maildrop = self.maildrop
+        assert maildrop is not None  # the core sends Retrieve only in TRANSACTION
+        sizes = maildrop.sizes
+        size = sizes.get(uid, 0)
+        if size > BIG_MESSAGE:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                None, self.store.read_message, maildrop.mailbox_id, uid
+            )
+        batch = [uid]
+        for next_uid in self.conn.queued_retrievals(READ_AHEAD):
+            size += sizes.get(next_uid, 0)
+            if size > READ_AHEAD_BYTES:
+                break
+            batch.append(next_uid)
+        found = self.store.read_messages(maildrop.mailbox_id, batch)
+        data = found.pop(uid, None)
+        self._ahead = found
+        return data
 
     async def _update(self, event: core.Update) -> None:
         """RFC 1939 §6: remove the messages marked as deleted, release the maildrop."""

@@ -1106,6 +1106,40 @@ class Store:
                 rows = [(*r, self._bodies.get(conn, r[-1])) for r in rows]
         return [self._fetch_row(mailbox_id, r, parsed=parsed, data=data) for r in rows]
 
+    def read_messages(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
+        """The messages as stored (prefix + body) of many UIDs of a mailbox, read in one
+        statement and one snapshot: {uid: bytes}. UIDs that do not exist (expunged meanwhile)
+        are left out.
+
+        For POP3 RETR of pipelined commands: a lean sibling of `read_fetch_data` (no parse
+        results, no per-row objects). The caller bounds `uids` and their total size.
+        """
+        wanted = _uid_list(uids)
+        if not wanted:
+            return {}
+        inline = isinstance(self._bodies, SqliteBodyStore)
+        sql = "SELECT m.uid, m.prefix, m.body_id"
+        if inline:
+            sql += ", d.data FROM messages m LEFT JOIN body_data d ON d.id = m.body_id"
+        else:
+            sql += " FROM messages m"
+        if wanted[-1] - wanted[0] + 1 == len(wanted):
+            sql += " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?"
+            params: tuple[Any, ...] = (mailbox_id, wanted[0], wanted[-1])
+        else:
+            sql += " WHERE m.mailbox_id = ? AND m.uid IN (SELECT value FROM json_each(?))"
+            params = (mailbox_id, json.dumps(wanted))
+        with self._read() as conn:
+            rows = _rows(conn, sql, params)
+            if not inline:
+                rows = [(*r, self._bodies.get(conn, r[2])) for r in rows]
+        found: dict[int, bytes] = {}
+        for uid, prefix, body_id, body in rows:
+            if body is None:
+                raise StoreError(f"message {mailbox_id}/{uid}: body {body_id} is missing")
+            found[uid] = bytes(prefix) + body
+        return found
+
     @staticmethod
     def _fetch_row(mailbox_id: int, r: Row, *, parsed: bool, data: bool) -> FetchRow:
         """A `read_fetch_data` row: uid, [4 parse columns], [prefix, body_id, bytes]."""

@@ -25,7 +25,10 @@ Adapter contract (`pop3d/`)
 * `Authenticated` -> SCRAM proved the user: lock and load as above, `logged_in`/`login_failed`.
 * `Retrieve`      -> RETR or TOP: fetch message `uid` and pass all of it to `send_message(data)`
                      (the core cuts TOP, normalises line ends and dot-stuffs), or call
-                     `retrieve_failed()`.
+                     `retrieve_failed()`. `queued_retrievals()` names the messages that the
+                     RETR and TOP commands pipelined behind it will want, so the adapter can
+                     read them from the store in one go (a hint: each still comes as its own
+                     `Retrieve`, and may have been expunged by then).
 * `Update`        -> QUIT in TRANSACTION (RFC 1939 §6): expunge `deleted_uids`, release the
                      lock, then `update_done(ok)`. A dropped connection or a timeout never
                      produces it: nothing is deleted unless the client said QUIT.
@@ -64,6 +67,16 @@ _NUMBER = re.compile(r"[0-9]{1,20}")
 # RFC 1939 §7 UIDL: a unique-id is 1 to 70 characters in the range 0x21 to 0x7E.
 _UIDL = re.compile(r"[\x21-\x7e]{1,70}")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+# A message is sent as stored when it has CRLF line ends only and no line starting with "."
+# (the common case: the store keeps CRLF). These two find what needs work: a CR followed by
+# anything but LF (`_wire_ready` checks the last two octets are CRLF), and an LF that is bare
+# or starts a line with "." (RFC 1939 §3). A regular expression with a literal first octet
+# scans at C speed: the two take about a third of what counting line ends with bytes.count
+# did (measured on 10 KiB messages).
+_LONE_CR = re.compile(rb"\r[^\n]")
+_LF_NEEDS_WORK = re.compile(rb"\n(?:\.|(?<!\r\n))")
+# A pipelined RETR or TOP line, for `queued_retrievals` (a hint: the real parsing is later).
+_QUEUED_RETRIEVAL = re.compile(rb"(?i:RETR|TOP) ([0-9]{1,20})(?:[ \r]|$)")
 _SASL_REFUSALS: dict[sasl.ErrorKind, Response] = {
     "cancelled": codes.AUTH_CANCELLED,
     "malformed": codes.AUTH_BAD_DATA,
@@ -365,13 +378,38 @@ class ServerConnection:
         if event is None:
             return
         assert isinstance(event, Retrieve)
-        body = _normalise(data)
+        ready = _wire_ready(data)
+        body = data if ready else _normalise(data)
         if event.top_lines is None:
-            head = codes.MESSAGE_FOLLOWS.format(size=len(body))
+            head = _MESSAGE_FOLLOWS % len(body)
         else:
             body = _top(body, event.top_lines)
-            head = codes.TOP_FOLLOWS
-        self._out += (head.to_bytes(), _stuff(body), b".\r\n")
+            head = _TOP_FOLLOWS
+        self._out += (head, body if ready else _stuff(body), b".\r\n")
+
+    def queued_retrievals(self, limit: int) -> list[int]:
+        """The UIDs that up to `limit` RETR and TOP commands already received, but not yet
+        handled, ask for, in order (RFC 2449 §6.6: a client may pipeline them).
+
+        A hint for reading ahead, nothing more: those commands are parsed and answered later
+        one by one, as usual, and may yet be refused. Numbers of messages marked as deleted
+        or out of range are left out."""
+        if self.state is not State.TRANSACTION:
+            return []
+        buf, messages, deleted = self._buf, self._messages, self._deleted
+        uids: list[int] = []
+        start = 0
+        while len(uids) < limit:
+            lf = buf.find(b"\n", start)
+            if lf < 0:
+                break
+            match = _QUEUED_RETRIEVAL.match(buf, start, lf)
+            start = lf + 1
+            if match is not None:
+                i = int(match[1]) - 1
+                if 0 <= i < len(messages) and i not in deleted:
+                    uids.append(messages[i].uid)
+        return uids
 
     def retrieve_failed(self) -> None:
         """The message asked for by `Retrieve` could not be read (-ERR [SYS/TEMP])."""
@@ -766,6 +804,24 @@ class ServerConnection:
 def _no_args(arg: str) -> None:
     if arg.strip():
         raise _Refused(codes.SYNTAX_ERROR)
+
+
+# Status lines sent once per message, built once: `%` on bytes costs a tenth of what
+# Response.format().to_bytes() does, which was a measurable share of a pipelined RETR.
+_MESSAGE_FOLLOWS = codes.MESSAGE_FOLLOWS.format(size="%d").to_bytes()
+_TOP_FOLLOWS = codes.TOP_FOLLOWS.to_bytes()
+
+
+def _wire_ready(data: bytes) -> bool:
+    """True when `data` can go on the wire as it is: CRLF line ends only, the last line
+    included, and no line starting with "." (so `_normalise` and `_stuff` would not change
+    it). The store keeps messages with CRLF line ends, so this is the usual case."""
+    return (
+        data.endswith(b"\r\n")
+        and not data.startswith(b".")
+        and _LF_NEEDS_WORK.search(data) is None
+        and _LONE_CR.search(data) is None
+    )
 
 
 def _normalise(data: bytes) -> bytes:
