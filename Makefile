@@ -9,7 +9,7 @@ DEV_USER ?= demo@$(DEV_DOMAIN)
 # Debian packages the test suite drives as real clients (postfix: its smtp-source drives the
 # benchmark smoke test and its smtp-sink plays the remote MX in the outbound tests; preseeded
 # "No configuration", so no system Postfix is set up and its daemon is never started).
-DEBIAN_TEST_PACKAGES := swaks fetchmail getmail6 curl msmtp postfix
+DEBIAN_TEST_PACKAGES := swaks fetchmail getmail6 curl msmtp postfix isync offlineimap3
 
 .PHONY: run test venv deps-debian lint typecheck contracts pytest bench clean
 
