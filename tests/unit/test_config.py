@@ -269,6 +269,7 @@ ERRORS: list[tuple[dict[str, Any], str, str]] = [
     ({**H, "submission": {"hide_client": "no"}}, "submission.hide_client", "true"),
     ({**H, "pop3": {"allow_plaintext_loopback": "yes"}}, "pop3.allow_plaintext_loopback", "true"),
     ({**H, "pop3": {"allow_plaintext_loopback": 1}}, "pop3.allow_plaintext_loopback", "true"),
+    ({**H, "imap": {"allow_plaintext_loopback": "yes"}}, "imap.allow_plaintext_loopback", "true"),
 ]
 
 

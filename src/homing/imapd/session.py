@@ -44,6 +44,7 @@ from typing import NamedTuple, TypeVar
 
 from homing.auth import Authenticator
 from homing.mail.mime import parse_message
+from homing.net.sessions import SessionIO
 from homing.net.sessions import SessionRegistry as _Registry
 from homing.net.stream import Stream, is_loopback
 from homing.net.tls import TLSContexts
@@ -332,17 +333,14 @@ class IMAPSession:
         self._scram_user: str | None = None
         self._scram_failures = 0
         self._scram_locked = False
-        self._task: asyncio.Task[None] | None = None
         self._read_task: asyncio.Task[bytes] | None = None
-        self._reading = False
-        self._interrupted = False
+        self._io = SessionIO(stream, self.conn)
         self._log_prefix = f"{stream.conn_id} {stream.service}"
         self.commands = 0
 
     # ------------------------------------------------------------------------- lifecycle
 
     async def run(self) -> None:
-        self._task = asyncio.current_task()
         self.registry.sessions.add(self)
         try:
             self.conn.start(shutting_down=self.registry.draining)
@@ -357,9 +355,7 @@ class IMAPSession:
 
     def interrupt_if_idle(self) -> None:
         """Called on shutdown: wake a session that is waiting for a command."""
-        if self._reading and self._task is not None:
-            self._interrupted = True
-            self._task.cancel()
+        self._io.interrupt()
 
     async def _loop(self) -> None:
         conn = self.conn
@@ -377,7 +373,7 @@ class IMAPSession:
                         progress = conn.progress
                         timeout = self.idle_timeout if conn.user else self.login_timeout
                         deadline = time.monotonic() + timeout
-                    data = await self._read(deadline)
+                    data = await self._io.read(deadline, draining=self.registry.draining)
                 if data is not None:
                     conn.receive_data(data)
                 continue
@@ -456,32 +452,6 @@ class IMAPSession:
 
     # ------------------------------------------------------------------------- I/O
 
-    async def _read(self, deadline: float) -> bytes | None:
-        """Bytes from the peer; None when the core has been told of a timeout or shutdown."""
-        if self.registry.draining:
-            self.conn.shutdown()
-            return None
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            self.conn.timed_out()
-            return None
-        self._reading = True
-        try:
-            return await self.stream.read(timeout=remaining)
-        except TimeoutError:
-            self.conn.timed_out()
-            return None
-        except asyncio.CancelledError:
-            if not self._interrupted:
-                raise
-            self._interrupted = False
-            self.conn.shutdown()
-            return None
-        except (ConnectionError, OSError):
-            return b""
-        finally:
-            self._reading = False
-
     async def _idle(self) -> bytes | None:
         """During IDLE: wait for the client's DONE while passing on store changes as they
         come, polling now and then for other processes' changes, and saying we are alive."""
@@ -492,9 +462,8 @@ class IMAPSession:
             self._read_task = asyncio.ensure_future(self.stream.read())
         read = self._read_task
         last_keepalive = time.monotonic()
-        self._reading = True
         loop = asyncio.get_running_loop()
-        try:
+        with self._io.waiting():
             while True:
                 # One future stands for "something happened": input, a change published by
                 # the store (`_changed`), or the poll interval passed. Lighter than
@@ -526,32 +495,14 @@ class IMAPSession:
                 await self._flush()
                 if self.conn.closed:
                     return None
-        except asyncio.CancelledError:
-            if not self._interrupted:
-                raise
-            self._interrupted = False
-            self.conn.shutdown()
-            return None
-        finally:
-            self._reading = False
+        return None  # interrupted: the core has been told of the shutdown
 
     async def _flush(self) -> None:
-        try:
-            for piece in _pieces(self.conn.chunks_to_send()):
-                await self.stream.write(piece)
-        except (ConnectionError, OSError):
-            self.conn.receive_data(b"")
+        await self._io.send(_pieces(self.conn.chunks_to_send()))
 
     async def _start_tls(self) -> bool:
         assert self.tls is not None  # the core offers STARTTLS only when settings.starttls
-        try:
-            await self.stream.start_tls(self.tls.server_context())
-        except (ConnectionError, OSError, TimeoutError) as err:
-            log.info("%s starttls failed: %s", self._log_prefix, err)
-            return False
-        self.conn.tls_established()
-        log.debug("%s tls %s", self._log_prefix, self.stream.tls)
-        return True
+        return await self._io.start_tls(self.tls.server_context(), log, "starttls")
 
     async def _in_thread(self, fn: Callable[..., _T], *args: object) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from homing.auth import Authenticator
+from homing.net.sessions import SessionIO
 from homing.net.sessions import SessionRegistry as _Registry
 from homing.net.stream import Stream, is_loopback
 from homing.net.tls import TLSContexts
@@ -152,15 +153,12 @@ class POP3Session:
         self._scram: _Scram | None = None
         self._ahead: dict[int, bytes] = {}  # read-ahead messages by UID, until RETR'd
         self._unflushed = 0  # message octets queued in the core since the last flush
-        self._task: asyncio.Task[None] | None = None
-        self._reading = False
-        self._interrupted = False
+        self._io = SessionIO(stream, self.conn)
         self._log_prefix = f"{stream.conn_id} {stream.service}"
 
     # ------------------------------------------------------------------------- lifecycle
 
     async def run(self) -> None:
-        self._task = asyncio.current_task()
         self.registry.sessions.add(self)
         try:
             self.conn.start(codes.SHUTTING_DOWN if self.registry.draining else codes.GREETING)
@@ -173,9 +171,7 @@ class POP3Session:
 
     def interrupt_if_idle(self) -> None:
         """Called on shutdown: wake a session that is waiting for a command."""
-        if self._reading and self._task is not None:
-            self._interrupted = True
-            self._task.cancel()
+        self._io.interrupt()
 
     async def _loop(self) -> None:
         conn = self.conn
@@ -189,7 +185,9 @@ class POP3Session:
                 if conn.progress != progress:
                     progress = conn.progress
                     deadline = time.monotonic() + self.idle_timeout
-                data = await self._read(deadline)
+                # A timeout is the RFC 1939 §3 autologout: no UPDATE. A session that was
+                # busy when the drain began ends at its next read.
+                data = await self._io.read(deadline, draining=self.registry.draining)
                 if data is not None:
                     conn.receive_data(data)
             elif isinstance(event, core.Retrieve):
@@ -221,52 +219,13 @@ class POP3Session:
 
     # ------------------------------------------------------------------------- I/O
 
-    async def _read(self, deadline: float) -> bytes | None:
-        """Bytes from the peer; None when the core has been told of a timeout or shutdown."""
-        if self.registry.draining:  # was busy when the drain began: end it now
-            self.conn.shutdown()
-            return None
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            self.conn.timed_out()  # RFC 1939 §3 autologout: no UPDATE
-            return None
-        self._reading = True
-        try:
-            return await self.stream.read(timeout=remaining)
-        except TimeoutError:
-            self.conn.timed_out()
-            return None
-        except asyncio.CancelledError:
-            if not self._interrupted:
-                raise
-            self._interrupted = False
-            self.conn.shutdown()
-            return None
-        except (ConnectionError, OSError):
-            return b""
-        finally:
-            self._reading = False
-
     async def _flush(self) -> None:
         self._unflushed = 0
-        out = self.conn.data_to_send()
-        if not out:
-            return
-        try:
-            await self.stream.write(out)
-        except (ConnectionError, OSError):
-            self.conn.receive_data(b"")
+        await self._io.send([self.conn.data_to_send()])
 
     async def _start_tls(self) -> bool:
         assert self.tls is not None  # the core offers STLS only when settings.starttls
-        try:
-            await self.stream.start_tls(self.tls.server_context())
-        except (ConnectionError, OSError, TimeoutError) as err:
-            log.info("%s stls failed: %s", self._log_prefix, err)
-            return False
-        self.conn.tls_established()
-        log.debug("%s tls %s", self._log_prefix, self.stream.tls)
-        return True
+        return await self._io.start_tls(self.tls.server_context(), log, "stls")
 
     # ------------------------------------------------------------------------- logins
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from homing.mail import trace
 from homing.mail.reply import Reply
+from homing.net.sessions import SessionIO
 from homing.net.sessions import SessionRegistry as _Registry
 from homing.net.stream import Stream
 from homing.net.tls import TLSContexts
@@ -58,15 +59,12 @@ class SMTPSession:
         self.timeouts = timeouts
         self.registry = registry
         self.resolved: dict[str, Resolution] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._reading = False
-        self._interrupted = False
+        self._io = SessionIO(stream, self.conn)
         self._log_prefix = f"{stream.conn_id} {stream.service}"
 
     # ------------------------------------------------------------------------- lifecycle
 
     async def run(self) -> None:
-        self._task = asyncio.current_task()
         self.registry.sessions.add(self)
         try:
             await self._greet()
@@ -77,10 +75,10 @@ class SMTPSession:
                 await self.stream.close()
 
     def interrupt_if_idle(self) -> None:
-        """Called on shutdown: wake a session that is waiting for a command."""
-        if self._reading and not self.conn.in_message and self._task is not None:
-            self._interrupted = True
-            self._task.cancel()
+        """Called on shutdown: wake a session that is waiting for a command (not one in the
+        middle of a message: it is told after the message, see `MessageReceived`)."""
+        if not self.conn.in_message:
+            self._io.interrupt()
 
     async def _greet(self) -> None:
         conn = self.conn
@@ -110,7 +108,8 @@ class SMTPSession:
                     deadline_progress = conn.progress
                     limit = self.timeouts.data if conn.reading_data else self.timeouts.command
                     deadline = time.monotonic() + limit
-                data = await self._read(deadline)
+                # No `draining=`: a drain ends an SMTP session after its message.
+                data = await self._io.read(deadline)
                 if data is None:
                     continue
                 conn.receive_data(data)
@@ -141,47 +140,12 @@ class SMTPSession:
                 )
                 return
 
-    async def _read(self, deadline: float) -> bytes | None:
-        """Bytes from the peer; None when the core has been told of a timeout or shutdown."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            self.conn.timed_out()
-            return None
-        self._reading = True
-        try:
-            return await self.stream.read(timeout=remaining)
-        except TimeoutError:
-            self.conn.timed_out()
-            return None
-        except asyncio.CancelledError:
-            if not self._interrupted:
-                raise
-            self._interrupted = False
-            self.conn.shutdown()
-            return None
-        except (ConnectionError, OSError):
-            return b""
-        finally:
-            self._reading = False
-
     async def _flush(self) -> None:
-        out = self.conn.data_to_send()
-        if out:
-            try:
-                await self.stream.write(out)
-            except (ConnectionError, OSError):
-                self.conn.receive_data(b"")
+        await self._io.send([self.conn.data_to_send()])
 
     async def _start_tls(self) -> bool:
         assert self.tls is not None
-        try:
-            await self.stream.start_tls(self.tls.server_context())
-        except (ConnectionError, OSError, TimeoutError) as err:
-            log.info("%s starttls failed: %s", self._log_prefix, err)
-            return False
-        self.conn.tls_established()
-        log.debug("%s tls %s", self._log_prefix, self.stream.tls)
-        return True
+        return await self._io.start_tls(self.tls.server_context(), log, "starttls")
 
     # ------------------------------------------------------------------------- policy
 
