@@ -6,10 +6,10 @@
 bench/pop3_retr.py does), in large batches; `start` runs `homing serve` and reads the real
 ports from DATA/run/listeners.json (bench/pop3_retr.py's `start_homing`).
 
-IMAP: Homing refuses LOGIN without TLS (RFC 9051 §6.2.3 LOGINDISABLED) and, unlike its
-POP3 server, has no setting to allow it on loopback yet. When `[imap]
-allow_plaintext_loopback` exists, the benchmark uses plain TCP for Homing and Dovecot alike;
-until then both are measured over implicit TLS (`IMAP_PLAINTEXT`).
+IMAP: Homing refuses LOGIN without TLS by default (RFC 9051 §6.2.3 LOGINDISABLED); the
+benchmark sets `[imap] allow_plaintext_loopback` and uses plain TCP for Homing and Dovecot
+alike. `IMAP_PLAINTEXT` checks the configuration model for that key, so the same script
+still runs (over implicit TLS for both) against an older Homing without it.
 """
 
 from __future__ import annotations

@@ -4,13 +4,16 @@ The smoke test runs `bench/run --quick --only smtp`: Homing and a throwaway Post
 end; it checks that the table is written with every figure and that no server is left behind.
 No timing is asserted (figures depend on the machine). The heavier scenarios (relay, IMAP,
 memory, scale) are not run here; their building blocks are: the Homing configuration
-rewrite, smtp-sink's message counter, the planted search words. The other tests check the
-arithmetic of the report: percentiles, per-round paired ratios, which direction meets a
-target, absolute targets and per-case peers in the table."""
+rewrite, smtp-sink's message counter, the planted search words. The resync scenario is small
+enough to run whole on a small mailbox (`--only qresync`, with Dovecot, as root) and
+bench/qresync.py alone against Homing; its answer checker is tested on fixed transcripts. The
+other tests check the arithmetic of the report: percentiles, per-round paired ratios, which
+direction meets a target, absolute targets and per-case peers in the table."""
 
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 import re
 import shutil
@@ -22,8 +25,11 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[2]
 SMTP_SOURCE = shutil.which("smtp-source") or (
@@ -32,6 +38,11 @@ SMTP_SOURCE = shutil.which("smtp-source") or (
 
 SMTP_SINK = shutil.which("smtp-sink") or (
     "/usr/sbin/smtp-sink" if Path("/usr/sbin/smtp-sink").exists() else None
+)
+
+needs_dovecot = pytest.mark.skipif(
+    shutil.which("dovecot", path="/usr/sbin:/usr/bin") is None or os.geteuid() != 0,
+    reason="needs Dovecot (dovecot-imapd), and root to start a throwaway one",
 )
 
 needs_postfix = pytest.mark.skipif(
@@ -106,13 +117,96 @@ def test_ratios_are_paired_per_round_and_targets_follow_the_metric_direction(
 
 
 def test_every_scenario_is_registered_with_a_description(harness: ModuleType) -> None:
-    keys = {"smtp", "latency", "relay", "pop3", "imap", "memory", "scale"}
+    keys = {"smtp", "latency", "relay", "pop3", "imap", "memory", "scale", "qresync"}
     assert keys <= set(harness.SCENARIOS)
     for scenario in harness.SCENARIOS.values():
         assert scenario.description
         assert scenario.peer in ("Postfix", "Dovecot", "Postfix and Dovecot")
     # the IMAP scenarios say how their clients connect (clear text or TLS)
     assert "IMAP over" in harness.SCENARIOS["memory"].description
+    assert "IMAP over plain TCP" in harness.SCENARIOS["qresync"].description
+
+
+@given(st.sets(st.integers(min_value=1, max_value=400), min_size=1))
+def test_uid_sets_round_trip(harness: ModuleType, uids: set[int]) -> None:
+    """Invariant: a UID set parses back to the UIDs it was made of, with no two ranges that
+    touch (the compact form)."""
+    qresync = sys.modules["qresync"]
+    text = qresync.uid_set(uids)
+    assert qresync.parse_uid_set(text) == uids
+    bounds = [[int(n) for n in part.split(b":")] for part in text.split(b",")]
+    assert all(later[0] > earlier[-1] + 1 for earlier, later in itertools.pairwise(bounds))
+
+
+# What a server answers to ENABLE QRESYNC and SELECT INBOX (QRESYNC (7 10)) after another
+# session set \Flagged on UID 2 and expunged UID 4 of UIDs 1-5 (HIGHESTMODSEQ 10 before).
+QRESYNC_ANSWER = (
+    b"* ENABLED QRESYNC\r\nt1 OK ENABLE completed\r\n"
+    b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n* 4 EXISTS\r\n"
+    b"* OK [UIDVALIDITY 7] UIDs valid\r\n* OK [HIGHESTMODSEQ 13] Highest\r\n"
+    b"* VANISHED (EARLIER) 4\r\n* 2 FETCH (UID 2 FLAGS (\\Flagged \\Recent) MODSEQ (11))\r\n"
+    b"t2 OK [READ-WRITE] Select completed\r\n"
+)
+
+
+# (what is changed in QRESYNC_ANSWER, into what, the fault the checker must name)
+RESYNC_FAULTS = [
+    (b"(EARLIER) 4", b"(EARLIER) 3:4", r"VANISHED \(EARLIER\) 3:4, expected 4"),
+    (b"MODSEQ (11)", b"MODSEQ (9)", r"MODSEQs \[9\] not all in \(10, 13\]"),
+    (b"[HIGHESTMODSEQ 13]", b"[HIGHESTMODSEQ 10]", r"HIGHESTMODSEQ 10 not above 10"),
+    (b"* 4 EXISTS", b"* 5 EXISTS", r"EXISTS 5, expected 4"),
+    (b"FLAGS (\\Flagged \\Recent)", b"FLAGS (\\Seen)", r"reported changes 2: \(\\Seen\)"),
+    (b"t2 OK", b"t2 NO", r"not every command was answered OK"),
+]
+
+
+def test_resync_checker_takes_the_exact_answer_and_names_each_fault(harness: ModuleType) -> None:
+    qresync = sys.modules["qresync"]
+
+    def mailbox() -> Any:
+        box = qresync.Mailbox("Test", int, "user", "password")
+        box.uidvalidity = 7
+        box.flags = {uid: frozenset() for uid in range(1, 6)}
+        return box
+
+    vanished = next(mode for mode in qresync.MODES if mode.expunges)
+    changes = qresync.Changes(10, {2: frozenset({"\\Flagged"})}, frozenset({4}))
+    mailbox().check(vanished, changes, QRESYNC_ANSWER)  # \Recent is session state, ignored
+    for old, new, fault in RESYNC_FAULTS:
+        assert old in QRESYNC_ANSWER
+        with pytest.raises(qresync.ResyncMismatch, match=fault):
+            mailbox().check(vanished, changes, QRESYNC_ANSWER.replace(old, new))
+    # Plain resync: every message's flags; the client finds the change by comparing.
+    plain = next(mode for mode in qresync.MODES if mode.key == "plain")
+    listing = b"".join(
+        b"* %d FETCH (UID %d FLAGS (%s))\r\n" % (n, n, b"\\Flagged" if n == 2 else b"")
+        for n in range(1, 6)
+    )
+    answer = b"* 5 EXISTS\r\n* OK [UIDVALIDITY 7] x\r\nt1 OK done\r\n" + listing + b"t2 OK done\r\n"
+    flags_only = qresync.Changes(10, {2: frozenset({"\\Flagged"})}, frozenset())
+    mailbox().check(plain, flags_only, answer)
+    with pytest.raises(qresync.ResyncMismatch, match=r"FETCH missed UIDs \[5\]"):
+        mailbox().check(plain, flags_only, answer.replace(b"* 5 FETCH (UID 5 FLAGS ())\r\n", b""))
+
+
+def test_qresync_alone_against_homing(work: Path) -> None:
+    """bench/qresync.py end to end on a small INBOX, Homing only: every resync checked."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "qresync.py"), "--messages", "150",
+         "--rounds", "1", "--repeats", "1", "--no-dovecot"],
+        env={**os.environ, "TMPDIR": str(work)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [
+        line
+        for line in done.stdout.splitlines()
+        if re.match(r"\| (connect|plain|CONDSTORE|QRES)", line)
+    ]
+    assert len(rows) == 5, done.stdout  # the login, then 4 ways to resync
+    for row in rows:
+        assert len(re.findall(FIGURE, row)) == 2, row  # bytes and ms
+    assert list(work.iterdir()) == []
 
 
 def test_table_shows_absolute_targets_and_each_case_s_peer(harness: ModuleType) -> None:
@@ -242,4 +336,29 @@ def test_quick_smtp_run_writes_table_and_stops_its_servers(tmp_path: Path, work:
         assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
     assert list(work.iterdir()) == []  # the temporary directory is gone
+    assert processes_inside(work) == []
+
+
+@needs_dovecot
+def test_quick_qresync_scenario_against_dovecot(tmp_path: Path, work: Path) -> None:
+    """The harness's `qresync` scenario end to end on a small INBOX, Homing and Dovecot."""
+    out = tmp_path / "qresync.md"
+    command = [str(ROOT / "bench" / "run"), "--quick", "--only", "qresync", "--no-install",
+               "--no-chart", "--rounds", "1", "--qresync-messages", "200", "--out", str(out),
+               "--tmpdir", str(work)]  # fmt: skip
+    done = subprocess.run(
+        command,
+        env={**os.environ, "HOMING_BENCH_PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| IMAP resync")]
+    assert len(rows) == 10, rows  # the login and 4 ways to resync, bytes and ms each
+    for row in rows:
+        assert "(vs Dovecot)" in row
+        assert len(re.findall(FIGURE, row)) == 3, row  # Homing, Dovecot, ratio
+    assert list(work.iterdir()) == []
     assert processes_inside(work) == []
