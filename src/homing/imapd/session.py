@@ -249,6 +249,22 @@ class _Selected:
         get = self.get
         return [(seq, meta) for seq, uid in messages if (meta := get(uid)) is not None]
 
+    def changed_since(
+        self, modseq: int, messages: Sequence[tuple[int, int]]
+    ) -> list[tuple[int, _Meta]]:
+        """(seq, metadata) of those of `messages` ((seq, uid) pairs in UID order) whose MODSEQ
+        is above `modseq`: a scan of the MODSEQ column, then a bisection per changed one."""
+        wanted = [u for _, u in messages]
+        out = []
+        for i, value in enumerate(self._modseqs):
+            if value > modseq:
+                uid = self._uids[i]
+                j = bisect.bisect_left(wanted, uid)
+                if j < len(wanted) and wanted[j] == uid:
+                    meta = _Meta(uid, value, self._flags[i], self._dates[i], self._sizes[i])
+                    out.append((messages[j][0], meta))
+        return out
+
     def set_flags(self, uid: int, modseq: int, flags: frozenset[str]) -> None:
         i = self._index(uid)
         if i is not None:
@@ -802,10 +818,11 @@ class IMAPSession:
             )
             self._apply_flag_changes(selected, changes)
         await self._sync()
-        messages = selected.lookup(event.messages)
         since = event.changed_since
-        if since is not None:  # RFC 7162 §3.1.4.1: the unchanged ones need no loading
-            messages = [(seq, info) for seq, info in messages if info.modseq > since]
+        if since is None:
+            messages = selected.lookup(event.messages)
+        else:  # RFC 7162 §3.1.4.1: only what changed, found without a lookup per message
+            messages = selected.changed_since(since, event.messages)
         if event.vanished is not None:
             assert since is not None  # the parser allows VANISHED only with CHANGEDSINCE
             wanted = _in_ranges(event.vanished)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from homing.mail.mime import ParsedMessage
 
@@ -36,8 +36,10 @@ class MailboxInfo:
     """Sum of the RFC822.SIZE of its messages (STATUS SIZE, RFC 8438)."""
 
 
-@dataclass(frozen=True, slots=True)
-class MessageInfo:
+class MessageInfo(NamedTuple):
+    """One message's metadata. A named tuple, not a dataclass: SELECT of a big mailbox builds
+    one per message, and a tuple is made three times faster."""
+
     id: int
     mailbox_id: int
     uid: int

@@ -155,6 +155,7 @@ class AppPassword:
 
 
 @functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)
 def _flag_set(mask: int, keywords: str) -> frozenset[str]:
     """`names.flag_set`, shared: a mailbox has few distinct flag sets, and each message row
     (and each IMAP session's copy of a mailbox's metadata) that holds the one shared object
@@ -1004,17 +1005,11 @@ class Store:
             if _row(conn, "SELECT 1 FROM mailboxes WHERE id = ?", (mailbox_id,)) is None:
                 raise NotFound(f"no mailbox {mailbox_id}")
             rows = _rows(conn, sql + " ORDER BY uid", params)
+        # Positional and unpacked: this runs once per message of a mailbox at SELECT.
+        flag_set = _flag_set
         return [
-            MessageInfo(
-                id=r[0],
-                mailbox_id=r[1],
-                uid=r[2],
-                modseq=r[3],
-                flags=_flag_set(r[4], r[5]),
-                internaldate=r[6],
-                size=r[7],
-            )
-            for r in rows
+            MessageInfo(row_id, box, uid, modseq, flag_set(mask, keywords), date, size)
+            for row_id, box, uid, modseq, mask, keywords, date, size in rows
         ]
 
     def expunged_since(self, mailbox_id: int, modseq: int) -> list[int]:
