@@ -46,6 +46,11 @@ class CountingStore(Store):
         return rows
 
 
+def stored(row: FetchRow) -> bytes:
+    """The message bytes a loaded row carries (b"" for one expunged meanwhile)."""
+    return (row.prefix or b"") + (row.body or b"")
+
+
 def metadata(infos: Sequence[MessageInfo]) -> list[imapd._Meta]:
     return [imapd._Meta(m.uid, m.modseq, m.flags, m.internaldate, m.size) for m in infos]
 
@@ -78,7 +83,7 @@ def test_full_scan_reads_in_few_batches(
     store, inbox, infos = mailbox
     loader = imapd._TextLoader(store, inbox, infos)
     for i in range(COUNT):
-        assert loader.load(i) == PREFIX + message(i)
+        assert stored(loader.load(i)) == PREFIX + message(i)
     # Batches double: 2 + 4 + ... + 256 covers 300 messages in 8 reads, not 300.
     assert store.calls <= 9
     assert store.rows == COUNT
@@ -91,7 +96,7 @@ def test_sparse_scan_reads_little_it_does_not_use(
     loader = imapd._TextLoader(store, inbox, infos)
     wanted = range(0, COUNT, 10)  # say SEARCH UNSEEN TEXT x, every tenth message unseen
     for i in wanted:
-        assert loader.load(i) == PREFIX + message(i)
+        assert stored(loader.load(i)) == PREFIX + message(i)
     # The read-ahead shrinks back to single messages: about one read per message asked for,
     # and few rows read that were not asked for.
     assert store.calls <= len(wanted) + 2
@@ -106,7 +111,7 @@ def test_batches_respect_the_byte_bound(
     monkeypatch.setattr(imapd, "CHUNK_BYTES", 3 * infos[0].size)
     loader = imapd._TextLoader(store, inbox, infos)
     for i in range(40):
-        assert loader.load(i) == PREFIX + message(i)
+        assert stored(loader.load(i)) == PREFIX + message(i)
     assert store.calls >= 40 // 3  # never more than 3 messages' worth per read
 
 
@@ -116,7 +121,7 @@ def test_expunged_meanwhile_reads_as_empty(
     store, inbox, infos = mailbox
     loader = imapd._TextLoader(store, inbox, infos)
     store.expunge(inbox, [infos[1].uid, infos[5].uid], force=True).result(timeout=5)
-    assert [loader.load(i) for i in range(7)] == [
+    assert [stored(loader.load(i)) for i in range(7)] == [
         b"" if i in (1, 5) else PREFIX + message(i) for i in range(7)
     ]
 

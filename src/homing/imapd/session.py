@@ -1116,16 +1116,16 @@ class _TextLoader:
         self._ahead: dict[int, FetchRow] = {}
         self._batch = 1
 
-    def load(self, index: int) -> bytes:
-        """The stored bytes of `infos[index]` (b"" if it was expunged meanwhile)."""
+    def load(self, index: int) -> FetchRow:
+        """The stored message `infos[index]`: its bytes and part map, which SEARCH walks
+        without copying or parsing them again (empty if it was expunged meanwhile)."""
         uid = self._infos[index].uid
         row = self._ahead.pop(uid, None)
         if row is None:
             row = self._read(index).pop(uid, None)
             if row is None:
-                return b""
-        assert row.prefix is not None and row.body is not None
-        return row.prefix + row.body
+                return FetchRow(uid)
+        return row
 
     def _read(self, index: int) -> dict[int, FetchRow]:
         if self._ahead:  # read ahead for nothing: be more careful
@@ -1140,7 +1140,7 @@ class _TextLoader:
             size += infos[end].size
             end += 1
         rows = self._store.read_fetch_data(
-            self._mailbox_id, [i.uid for i in infos[index:end]], parsed=False, data=True
+            self._mailbox_id, [i.uid for i in infos[index:end]], parsed=True, data=True
         )
         self._ahead = {row.uid: row for row in rows}
         return self._ahead

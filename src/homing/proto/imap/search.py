@@ -6,11 +6,23 @@ Theory of operation
 `evaluate` compiles the search key once into a predicate over one message, then runs it over
 the session's `SearchView`s in sequence order. Each key has a cost class: metadata keys (flags,
 keywords, sizes, internal dates, sequence and UID sets, MODSEQ, "$") cost nothing; header keys
-need the message loaded and its header parsed; BODY and TEXT need the whole MIME tree decoded.
+need the message loaded and its header scanned; BODY and TEXT need the text parts decoded.
 AND lists are reordered cheapest first and OR tries its cheaper side first, both
 short-circuiting, so `SEARCH UNSEEN` never loads a message and `SEARCH UNSEEN SUBJECT x` loads
 only the unseen ones. A message is loaded (`SearchView.load`) at most once per evaluation and
 dropped before the next one, so memory stays bounded whatever the mailbox size.
+
+Text is never materialised whole: no `email` parse, no object per header field. A header key
+scans the raw header octets with a regex for the field it names (C speed, no allocation per
+other field) and decodes only the values found. TEXT and BODY turn the header and each text
+part into text piece by piece (`_CHUNK` octets, cut at line boundaries where there are any):
+unfold, decode, case-fold, search, drop, keeping only the last len(needle) - 1 characters to
+find a match that straddles two pieces. The MIME structure is the part map computed at
+delivery (`homing.mail.mime`), which the session may hand over with the bytes
+(`StoredMessage`); without it a single-part message needs no parse at all and any other is
+cut by `mime.parse_message`. So memory stays the message bytes plus a few pieces, and CPU
+stays linear in the message size, whatever the shape: 20 MB of header fields, one 20 MB line,
+100,000 parts.
 
 Nesting is bounded: the parser caps it at `grammar.MAX_NESTING`; keys built by other code
 deeper than `MAX_DEPTH` raise SearchError (BAD) instead of exhausting the stack.
@@ -19,44 +31,64 @@ Matching rules (RFC 9051 §6.4.4 leaves them to the server; mostly as Dovecot wi
 
 * Strings are compared as Unicode text, case-insensitively (str.casefold), as substrings.
   The search string is decoded from the command's CHARSET; an unknown charset raises
-  SearchError with the BADCHARSET code.
-* Header keys (FROM, TO, CC, BCC, SUBJECT, HEADER) look at every occurrence of the field,
-  unfolded and RFC 2047-decoded (`email.header`); raw 8-bit values are read as UTF-8, else
-  Latin-1. `HEADER name ""` matches every message that has the field. The trace fields the
-  store prepends (Return-Path, Delivered-To, Received) are part of the header.
-* BODY searches the text of the body: every text/* leaf part (no Content-Type means
-  text/plain), base64 or quoted-printable decoded and converted from its charset, plus the
-  header fields of embedded message/rfc822 parts. Other parts (images, archives) are not
-  searched. TEXT searches the top-level header fields and the body text.
+  SearchError with the BADCHARSET code. An empty string matches every message (BODY, TEXT)
+  or every message that has the field (header keys; RFC 9051 §6.4.4 for HEADER).
+* The header is what `homing.mail.mime` takes for one (and FETCH BODY[HEADER] returns): up
+  to the first empty line or the first line that is neither a field, a continuation nor an
+  mbox "From " line. The trace fields the store prepends (Return-Path, Delivered-To,
+  Received) are part of it.
+* Header keys (FROM, TO, CC, BCC, SUBJECT, HEADER) look at every occurrence of the field in
+  the top-level header (names compare case-insensitively; white space before the colon is
+  allowed, RFC 5322 §4.5.3), each value unfolded (RFC 5322 §2.2.3: line breaks removed,
+  white space kept) and RFC 2047-decoded; raw 8-bit octets are read as UTF-8, else Latin-1
+  (per line). A match lies within one value.
+* BODY searches the text of the body: every text/* leaf part, transfer-decoded and
+  converted from its charset, plus the header of every embedded message/rfc822 (or
+  message/global) part, decoded as the top-level one. A match lies within one part (or one
+  embedded header). In detail: no or an unparsable Content-Type means text/plain;
+  Content-Type and Content-Transfer-Encoding are read from their first occurrence's first
+  4 KiB. Base64 is decoded leniently, as FETCH BINARY does (octets outside the alphabet
+  skipped, stopping at the first "="), quoted-printable as usual, other encodings are taken
+  as they are. US-ASCII and no charset are read as UTF-8, UTF-16 and UTF-32 without a byte
+  order mark as big-endian (RFC 2781 §4.3); a part that is not valid in its charset, or
+  names an unknown one, is read as UTF-8, else Latin-1 (the whole part, as if decoded in one
+  go). Other parts (images, archives) and parts beyond the MIME parser's caps
+  (`mime.MAX_DEPTH` levels, `mime.MAX_PARTS` parts) are not searched.
+* TEXT searches the top-level header, as its lines "name: value" unfolded and decoded as
+  above and joined by LF, and the body text as BODY does.
+* A header field longer than `_CHUNK` (256 KiB) is decoded in pieces cut at folding white
+  space (else at a blank, else anywhere outside a UTF-8 sequence): encoded words on both
+  sides of a cut are decoded separately, and the 8-bit choice is made per piece.
 * Dates: BEFORE, ON and SINCE compare the internal date's day in UTC (the server's timezone
-  for this purpose). SENTBEFORE, SENTON and SENTSINCE compare the day written in the Date:
-  field, disregarding time and timezone (RFC 9051 §6.4.4); a message without a parsable
-  Date: field matches none of them (and so matches NOT SENTON ...).
+  for this purpose). SENTBEFORE, SENTON and SENTSINCE compare the day written in the first
+  Date: field (its first 4 KiB), disregarding time and timezone (RFC 9051 §6.4.4); a message
+  without a parsable Date: field matches none of them (and so matches NOT SENTON ...).
 * OLDER / YOUNGER (RFC 5032) compare the internal date with `now`, which the caller passes:
   OLDER n matches internaldate <= now - n, YOUNGER n the others.
 * MODSEQ n (RFC 7162 §3.1.5) matches messages whose MODSEQ is >= n; the per-flag entry name
   is accepted and ignored (the message MODSEQ bounds every entry's, as the RFC allows).
 * "$" (RFC 5182) is the saved result, passed as the set of UIDs it holds; none saved: empty.
-* Garbage never raises: undecodable text is read as Latin-1, broken MIME as raw text.
+* Garbage never raises: undecodable text is read as Latin-1, a damaged part map is replaced
+  by a parse, broken MIME is cut as `homing.mail.mime` cuts it.
 """
 
 from __future__ import annotations
 
+import binascii
 import bisect
 import calendar
-import contextlib
+import codecs
 import datetime as dt
-import email
-import email.header
-import email.message
-import email.policy
 import email.utils
+import itertools
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from functools import lru_cache
+from typing import Protocol, TypeAlias
 
 from homing.mail.imapfmt import string
+from homing.mail.mime import PartSpan, decode_partmap, parse_message
 from homing.proto.imap.types import (
     SearchAge,
     SearchDate,
@@ -78,6 +110,7 @@ __all__ = [
     "ReturnOptions",
     "SearchError",
     "SearchView",
+    "StoredMessage",
     "evaluate",
     "format_search",
     "has_modseq",
@@ -93,10 +126,27 @@ MAX_DEPTH = 200
 ReturnOptions: TypeAlias = Collection[str]
 
 
+class StoredMessage(Protocol):
+    """A message as the store hands it out (`homing.store.FetchRow` is one): the stored
+    bytes are `prefix + body` (None reads as b""); `partmap` is the part map computed at
+    delivery (`mime.encode_partmap`, offsets relative to `body`), b"" if not read. A missing
+    or damaged part map only costs a parse."""
+
+    @property
+    def prefix(self) -> bytes | None: ...
+
+    @property
+    def body(self) -> bytes | None: ...
+
+    @property
+    def partmap(self) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SearchView:
-    """What the session gives per message. `load` returns the whole stored message (prefix +
-    body); it is called at most once per `evaluate`, and only for keys that need text."""
+    """What the session gives per message. `load` returns the whole stored message, as its
+    bytes (prefix + body) or as a `StoredMessage` (which spares a parse of multipart
+    messages); it is called at most once per `evaluate`, and only for keys that need text."""
 
     seq: int
     uid: int
@@ -104,7 +154,7 @@ class SearchView:
     internaldate: float
     size: int
     modseq: int
-    load: Callable[[], bytes]
+    load: Callable[[], bytes | StoredMessage]
 
 
 class SearchError(Exception):
@@ -126,118 +176,222 @@ class SearchError(Exception):
 
 # --------------------------------------------------------------------------- message text
 
+#: Octets turned into text at a time (see the module docstring). Read at call time, so tests
+#: can make it tiny to exercise the piece boundaries.
+_CHUNK = 256 * 1024
+#: Octets of a Content-Type, Content-Transfer-Encoding or Date value that are looked at.
+_FIELD_CAP = 4096
 
-class _Text:
-    """The searchable text of one message, computed on first use and kept for its keys."""
+#: (buffer, start, end): a range of the message bytes.
+_Region: TypeAlias = tuple[bytes, int, int]
+#: A field name as two regexes: at the region's first line, and after a LF (see `_fields`).
+_FieldPattern: TypeAlias = tuple[re.Pattern[bytes], re.Pattern[bytes]]
 
-    __slots__ = ("_body", "_data", "_header_text", "_headers", "_items", "_load", "_message")
-
-    def __init__(self, load: Callable[[], bytes]) -> None:
-        self._load = load
-        self._data: bytes | None = None
-        self._message: email.message.Message | None = None
-        self._items: list[tuple[str, str]] | None = None
-        self._headers: dict[str, list[str]] | None = None
-        self._header_text: str | None = None
-        self._body: str | None = None
-
-    def data(self) -> bytes:
-        if self._data is None:
-            self._data = self._load()
-        return self._data
-
-    def message(self) -> email.message.Message:
-        if self._message is None:
-            try:
-                self._message = email.message_from_bytes(self.data(), policy=email.policy.compat32)
-            except Exception:  # the parser is lenient; this is a last resort for odd input
-                self._message = email.message.Message()
-        return self._message
-
-    def items(self) -> list[tuple[str, str]]:
-        """The top-level header fields as (name, decoded unfolded value)."""
-        if self._items is None:
-            self._items = _split_header(self.data())
-        return self._items
-
-    def headers(self) -> dict[str, list[str]]:
-        """Lower-case field name -> case-folded values, in order."""
-        if self._headers is None:
-            self._headers = {}
-            for name, value in self.items():
-                self._headers.setdefault(name.strip().lower(), []).append(value.casefold())
-        return self._headers
-
-    def header_text(self) -> str:
-        if self._header_text is None:
-            self._header_text = "\n".join(f"{n}: {v}" for n, v in self.items()).casefold()
-        return self._header_text
-
-    def body(self) -> str:
-        if self._body is None:
-            try:
-                self._body = _body_text(self.message()).casefold()
-            except Exception:  # a last resort: the raw octets after the header
-                data = self.data()
-                blank = _BLANK_LINE.search(data)
-                self._body = data[blank.end() if blank else 0 :].decode("latin-1").casefold()
-        return self._body
+_NAME_CHARS = rb"[\x21-\x39\x3b-\x7e]"  # RFC 5322 §3.6.8 ftext
+_LINE_START = re.compile(rb"\n(?=[^ \t])")  # a line that is no continuation starts here
+_FIELD_NAME = re.compile(_NAME_CHARS + rb"+")
+# What follows a field name up to its value. The value itself runs to the next line start
+# that is no continuation (`_LINE_START`), found by a second search: a regex repeat over the
+# continuation lines would keep engine state per line (megabytes for a field of many lines).
+_COLON = rb"[ \t]*+:[ \t]*+"
 
 
-# One header field: name, colon, value with its continuation lines (RFC 5322 §2.2, §2.2.3).
-_MBOX_FROM = re.compile(rb"From [^:\s]*\s")
-_FIELD = re.compile(rb"([^:\n]*+)(:?)([^\n]*+(?:\n[ \t][^\n]*+)*+)\n?")
-
-
-def _split_header(data: bytes) -> list[tuple[str, str]]:
-    """The top-level header fields of a message as (name, decoded unfolded value).
-
-    A regex split rather than the `email` parser, which would parse the whole MIME tree: the
-    header ends at the blank line or at the first line that is not a field (as in
-    `homing.mail.mime`); a leading mbox "From " line is skipped.
-    """
-    pos = data.find(b"\n") + 1 if _MBOX_FROM.match(data) else 0
-    out: list[tuple[str, str]] = []
-    for m in _FIELD.finditer(data, pos):
-        name = m.group(1).rstrip(b" \t")
-        if not m.group(2) or not name or name[:1] in (b" ", b"\t"):
-            break  # the blank line, a line that is no field, or the end
-        value = m.group(3)
-        text = value.decode("ascii") if value.isascii() else _decode_octets(value, "utf-8")
-        out.append((name.decode("latin-1"), _decode_header(text)))
-    return out
-
-
-def _header_items(msg: email.message.Message) -> list[tuple[str, str]]:
-    """A message's header fields as (name, decoded unfolded value)."""
-    return [(str(name), _decode_header(value)) for name, value in msg.raw_items()]
-
-
-_FOLD = re.compile(r"\r?\n(?=[ \t])|\r?\n\Z")
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
-_SURROGATE = re.compile("[\udc80-\udcff]")
-
-
-def _decode_header(value: object) -> str:
-    """RFC 2047-decode a raw header value (RFC 5322 §2.2.3 unfolding first)."""
-    if isinstance(value, email.header.Header):  # compat32 hands these out for odd bytes
-        value = str(value)
-    text = _FOLD.sub("", str(value))
-    if _SURROGATE.search(text):  # raw 8-bit octets, kept by the parser as surrogateescapes
-        text = _decode_octets(text.encode("ascii", "surrogateescape"), "utf-8")
-    if "=?" not in text:
-        return text
+@lru_cache(maxsize=256)
+def _field_pattern(name: str) -> _FieldPattern | None:
+    """Regexes finding the field `name` (case-insensitive) in raw header octets; None if
+    `name` cannot be a field name. Explicit case classes rather than re.IGNORECASE keep the
+    literal LF prefix, so the engine skips between line starts with memchr."""
     try:
-        return str(email.header.make_header(email.header.decode_header(text)))
-    except Exception:  # unknown charset, bad octets for the charset: decode word by word
-        try:
-            pairs = email.header.decode_header(text)
-        except Exception:
-            return text
-        return "".join(
-            part if isinstance(part, str) else _decode_octets(part, charset or "us-ascii")
-            for part, charset in pairs
-        )
+        raw = name.strip().encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    if _FIELD_NAME.fullmatch(raw) is None:
+        return None
+    cased = b"".join(
+        b"[%c%c]" % (c & 0xDF, c | 0x20) if 0x61 <= c | 0x20 <= 0x7A else re.escape(bytes([c]))
+        for c in raw
+    )
+    return re.compile(cased + _COLON), re.compile(rb"\n" + cased + _COLON)
+
+
+def _known(name: str) -> _FieldPattern:
+    pattern = _field_pattern(name)
+    assert pattern is not None
+    return pattern
+
+
+def _fields(pattern: _FieldPattern, region: _Region) -> Iterator[tuple[int, int]]:
+    """The value ranges of every occurrence of a field in a header region, in order: after
+    the colon and its white space, to the end of the field's last line (RFC 5322 §2.2.3),
+    without the line break."""
+    buf, start, end = region
+    first, rest = pattern
+    m = first.match(buf, start, end)
+    if m is not None:
+        yield _value_range(buf, m.end(), end)
+    for m in rest.finditer(buf, start, end):
+        yield _value_range(buf, m.end(), end)
+
+
+def _value_range(buf: bytes, start: int, end: int) -> tuple[int, int]:
+    line = _LINE_START.search(buf, start, end)
+    stop = end if line is None else line.start()
+    if stop > start and buf[stop - 1] == 0x0A:  # the region's last line break
+        stop -= 1
+    if stop > start and buf[stop - 1] == 0x0D:
+        stop -= 1
+    return start, stop
+
+
+def _capped(buf: bytes, start: int, end: int) -> bytes:
+    """A field value's first `_FIELD_CAP` octets, unfolded and trimmed."""
+    value = buf[start : min(end, start + _FIELD_CAP)]
+    if b"\n" in value:
+        value = value.replace(b"\r", b"").replace(b"\n", b"")
+    return value.strip(b" \t")
+
+
+# The header block, by the rules of `homing.mail.mime` (see `_header_end`).
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+_FIELD_LINE = re.compile(_NAME_CHARS + rb"*+[ \t]*+:|[ \t]|From ")
+_NOT_A_FIELD_LINE = re.compile(rb"\n(?!" + _NAME_CHARS + rb"*+[ \t]*+:|[ \t]|From )")
+
+
+def _header_end(data: bytes) -> int:
+    """Where the body of message `data` starts: `mime.parse_message(data).parts[0]
+    .body_start`, without the parse. After the first empty line, or at the first line that is
+    neither a field, a continuation nor an mbox "From " line; no such line: the end."""
+    size = len(data)
+    if not size or data[0] == 0x0A:
+        return min(size, 1)
+    if data.startswith(b"\r\n"):
+        return 2
+    if _FIELD_LINE.match(data) is None:
+        return 0
+    blank = _BLANK_LINE.search(data)
+    stop, body = (size, size) if blank is None else (blank.start(), blank.end())
+    bad = _NOT_A_FIELD_LINE.search(data, 0, stop)
+    return body if bad is None else bad.start() + 1
+
+
+# --------------------------------------------------------------------------- header text
+
+_FOLD_START = re.compile(rb"\n[ \t]")  # a literal first octet: the engine skips with memchr
+
+
+def _pieces(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """[start, end) cut into ranges of about `_CHUNK` octets (at most twice that), at line
+    starts where possible (see `_cut`)."""
+    chunk = _CHUNK
+    while end - start > chunk:
+        cut = _cut(buf, start + chunk, min(end, start + 2 * chunk))
+        yield start, cut
+        start = cut
+    if end > start:
+        yield start, end
+
+
+def _cut(buf: bytes, pos: int, limit: int) -> int:
+    """A cut point in [pos, limit) of header octets: a line start (not a continuation), else
+    the line break of a fold, else a blank, else `pos` moved back off a UTF-8 sequence."""
+    m = _LINE_START.search(buf, pos, limit)
+    if m is not None:
+        return m.end()
+    m = _FOLD_START.search(buf, pos, limit)
+    if m is not None:
+        cut = m.start()
+        return cut - 1 if buf[cut - 1] == 0x0D else cut  # keep a CR with its LF
+    blanks = [i for i in (buf.find(b" ", pos, limit), buf.find(b"\t", pos, limit)) if i >= 0]
+    if blanks:
+        return min(blanks)
+    cut = pos
+    while cut > pos - 3 and 0x80 <= buf[cut] < 0xC0:
+        cut -= 1
+    return cut
+
+
+def _header_text(region: _Region) -> Iterator[str]:
+    """The case-folded text of raw header octets (a header block or one field value), piece
+    by piece: unfolded, lines ending in LF, 8-bit lines read as UTF-8 else Latin-1, RFC 2047
+    encoded words decoded."""
+    buf, start, end = region
+    for s, e in _pieces(buf, start, end):
+        yield _piece_text(buf[s:e])
+
+
+def _piece_text(raw: bytes) -> str:
+    """One piece of `_header_text`."""
+    if b"\r\n" in raw:
+        raw = raw.replace(b"\r\n", b"\n")
+    # RFC 5322 §2.2.3 unfolding: the line break goes, the WSP stays (bytes.replace rather
+    # than a regex, which would build a list of every stretch between two folds).
+    if b"\n " in raw:
+        raw = raw.replace(b"\n ", b" ")
+    if b"\n\t" in raw:
+        raw = raw.replace(b"\n\t", b"\t")
+    if raw.isascii() and b"=?" not in raw:
+        return raw.decode("ascii").lower()  # casefold() of ASCII
+    return "\n".join(_decode_line(line) for line in raw.split(b"\n")).casefold()
+
+
+def _decode_line(line: bytes) -> str:
+    text = line.decode("ascii") if line.isascii() else _decode_octets(line, "utf-8")
+    return _decode_words(text) if "=?" in text else text
+
+
+# RFC 2047 §2 encoded-word. Runs stop at "?" or white space, so no input makes the search
+# scan a stretch of the line more than a few times.
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([BbQq])\?([^?\s]*)\?=")
+
+
+def _decode_words(text: str) -> str:
+    """Decode the RFC 2047 encoded words of a header line. White space between adjacent
+    encoded words goes (§6.2); adjacent words in one charset are decoded together (a
+    character split across words survives); a word whose octets are not in its charset
+    (or whose charset is unknown) is read as UTF-8, else Latin-1; a word that does not
+    decode at all stays as it is."""
+    out: list[str] = []
+    pending: list[bytes] = []  # the octets of adjacent words in `charset`
+    charset = ""
+    pos = 0
+    after_word = False
+    for m in _ENCODED_WORD.finditer(text):
+        between = text[pos : m.start()]
+        pos = m.end()
+        if not after_word or between.strip(" \t"):
+            _flush_words(out, pending, charset)
+            out.append(between)
+        octets = _word_octets(m.group(2), m.group(3))
+        if octets is None:
+            _flush_words(out, pending, charset)
+            out.append(m.group())
+            after_word = False
+            continue
+        word_charset = m.group(1).partition("*")[0].lower()  # RFC 2231 §5: charset*lang
+        if word_charset != charset:
+            _flush_words(out, pending, charset)
+            charset = word_charset
+        pending.append(octets)
+        after_word = True
+    _flush_words(out, pending, charset)
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _word_octets(encoding: str, text: str) -> bytes | None:
+    try:
+        if encoding in "Bb":  # lenient: padding added, characters outside the alphabet skipped
+            octets = binascii.a2b_base64(text + "=" * (-len(text) % 4))
+            return octets if octets or not text else None
+        return binascii.a2b_qp(text, header=True)
+    except ValueError:  # binascii.Error, and non-ASCII text
+        return None
+
+
+def _flush_words(out: list[str], pending: list[bytes], charset: str) -> None:
+    if pending:
+        out.append(_decode_octets(b"".join(pending), charset or "us-ascii"))
+        pending.clear()
 
 
 def _decode_octets(data: bytes, charset: str) -> str:
@@ -256,60 +410,384 @@ def _try_decode(data: bytes, charset: str) -> str | None:
         return None
 
 
-def _body_text(msg: email.message.Message) -> str:
-    """The decoded text of a message body (see the module docstring), walked iteratively."""
-    out: list[str] = []
-    stack: list[tuple[email.message.Message, int]] = [(msg, 0)]
-    while stack:
-        part, depth = stack.pop()
-        # One odd part (RFC 2231 surprises in compat32, codec errors) spoils only itself.
-        with contextlib.suppress(Exception):
-            _part_text(part, depth, stack, out)
-    return "\n".join(out)
+class _Finder:
+    """Finds a needle in text fed piece by piece, also across two pieces."""
+
+    __slots__ = ("_keep", "_needle", "_tail")
+
+    def __init__(self, needle: str) -> None:
+        self._needle = needle
+        self._keep = len(needle) - 1
+        self._tail = ""
+
+    def feed(self, text: str) -> bool:
+        if self._tail:
+            text = self._tail + text
+        if self._needle in text:
+            return True
+        if self._keep:
+            self._tail = text[-self._keep :]
+        return False
 
 
-def _part_text(
-    part: email.message.Message,
-    depth: int,
-    stack: list[tuple[email.message.Message, int]],
-    out: list[str],
-) -> None:
-    if part.is_multipart():  # multipart, or message/rfc822 holding one message
-        embedded = part.get_content_type() in ("message/rfc822", "message/global")
-        children = part.get_payload()
-        if depth >= MAX_DEPTH or not isinstance(children, list):
+def _find(needle: str, pieces: Iterable[str]) -> bool:
+    finder = _Finder(needle)
+    return any(finder.feed(piece) for piece in pieces)
+
+
+# --------------------------------------------------------------------------- body text
+
+_TOKEN = rb"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"  # RFC 2045 §5.1
+_MEDIA_TYPE = re.compile(rb"[ \t]*(" + _TOKEN + rb")[ \t]*/[ \t]*" + _TOKEN + rb"[ \t]*(?:;|\Z)")
+_CHARSET = re.compile(rb';[ \t]*charset[ \t]*=[ \t]*(?:"([^"]*)"|([^;\s"]*))', re.IGNORECASE)
+_ENCODING = re.compile(_TOKEN)
+_CONTENT_TYPE = _known("Content-Type")
+_TRANSFER_ENCODING = _known("Content-Transfer-Encoding")
+_DATE = _known("Date")
+_CONTAINERS = (b"multipart", b"message")
+
+
+def _first(pattern: _FieldPattern, region: _Region) -> bytes | None:
+    """The capped value of a field's first occurrence in `region` (the first one counts, as
+    in `homing.mail.mime`), or None."""
+    for start, end in _fields(pattern, region):
+        return _capped(region[0], start, end)
+    return None
+
+
+# An RFC 5322 §3.2.2 comment holding no other (nested ones go from the inside out).
+_COMMENT = re.compile(rb"\((?:[^()\\]++|\\.)*+\)", re.DOTALL)
+
+
+def _strip_comments(value: bytes) -> bytes:
+    """Comments replaced by a space, three levels deep (deeper ones stay: the type is then
+    unparsable, so text/plain). Quoted strings are not told apart: this is for the type and
+    the charset, which hold no parentheses."""
+    for _ in range(3):
+        if b"(" not in value:
+            break
+        value = _COMMENT.sub(b" ", value)
+    return value
+
+
+def _is_container(content_type: bytes | None) -> bool:
+    """Whether a top-level Content-Type may make the message more than one leaf part (then
+    the MIME parser cuts it; erring towards yes only costs that parse)."""
+    if content_type is None:
+        return False
+    lower = content_type.lower()
+    return any(name in lower for name in _CONTAINERS)
+
+
+def _mime_info(region: _Region) -> tuple[bool, str, bytes]:
+    """(is text/*, charset, transfer encoding) of a leaf part from its MIME header (RFC 2045
+    §5.2 defaults: text/plain, US-ASCII, 7bit)."""
+    text, charset = True, ""
+    content_type = _first(_CONTENT_TYPE, region)
+    if content_type is not None:
+        if b"(" in content_type:
+            content_type = _strip_comments(content_type)
+        m = _MEDIA_TYPE.match(content_type)
+        if m is not None:  # unparsable: text/plain, as in homing.mail.mime
+            text = m.group(1).lower() == b"text"
+            c = _CHARSET.search(content_type, m.end() - 1)
+            if c is not None:
+                charset = (c.group(1) or c.group(2) or b"").decode("latin-1").strip()[:64]
+    encoding = _first(_TRANSFER_ENCODING, region) or b""
+    e = _ENCODING.search(encoding)
+    return text, charset.lower(), e.group().lower() if e is not None else b"7bit"
+
+
+@lru_cache(maxsize=64)
+def _codecs(charset: str) -> tuple[str, ...]:
+    """The codecs to try on a part in `charset`, in order: it, UTF-8, Latin-1 (known text
+    codecs only, each once; US-ASCII becomes UTF-8, its superset)."""
+    names: list[str] = []
+    for candidate in (charset, "utf-8", "latin-1"):
+        name = _text_codec(candidate)
+        if name is None:
+            continue
+        name = "utf-8" if name == "ascii" else name
+        if name not in names:
+            names.append(name)
+    return tuple(names)
+
+
+def _text_codec(charset: str) -> str | None:
+    """The canonical name of a known text codec, else None (base64, rot13 ... are codecs
+    but not text encodings: bytes.decode refuses them with LookupError)."""
+    try:
+        name = codecs.lookup(charset).name
+    except (LookupError, ValueError):  # ValueError: a NUL in the name
+        return None
+    try:
+        b"x".decode(name, "replace")
+    except LookupError:
+        return None
+    except Exception:  # a text codec that fails on anything: tried, then the next one
+        return name
+    return name
+
+
+def _part_matches(needle: str, buf: bytes, header_start: int, start: int, end: int) -> bool:
+    """Whether a leaf part's text contains `needle` (nothing if it is not text/*)."""
+    text, charset, encoding = _mime_info((buf, header_start, start))
+    if not text:
+        return False
+    if end - start <= _CHUNK:  # the common case: decoded whole, in one go
+        octets = b"".join(_transfer_decoded(buf, start, end, encoding))
+        for codec in _codecs(charset):
+            decoded = _try_decode(octets, _byte_order(codec, octets))
+            if decoded is not None:
+                return needle in decoded.casefold()
+        return False  # not reached: Latin-1 decodes anything
+    for codec in _codecs(charset):
+        found = _decoded_find(needle, _transfer_decoded(buf, start, end, encoding), codec)
+        if found is not None:
+            return found
+    return False
+
+
+def _decoded_find(needle: str, chunks: Iterable[bytes], codec: str) -> bool | None:
+    """Whether the text of `chunks` in `codec` contains `needle`; None if they are not valid
+    in it. After a match the rest is still decoded (not searched): a part that turns out
+    invalid is then read with the next codec, as if it had been decoded whole."""
+    finder = _Finder(needle)
+    found = False
+    pending = iter(chunks)
+    head = b""
+    for chunk in pending:  # enough octets to see a byte order mark
+        head += chunk
+        if len(head) >= 4:
+            break
+    try:
+        decoder = codecs.getincrementaldecoder(_byte_order(codec, head))()
+        for chunk in itertools.chain((head,), pending):
+            text = decoder.decode(chunk)
+            if not found and text:
+                found = finder.feed(text.casefold())
+                if found and codec == "iso8859-1":  # every octet is valid: done
+                    return True
+        decoder.decode(b"", True)  # an incomplete sequence at the end is an error too
+    except Exception:  # UnicodeDecodeError, and odd errors from odd codecs
+        return None
+    return found
+
+
+_BYTE_ORDER_MARKS = {
+    "utf-16": (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE),
+    "utf-32": (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE),
+}
+
+
+def _byte_order(codec: str, head: bytes) -> str:
+    """UTF-16 or UTF-32 text that does not start with a byte order mark is big-endian (RFC
+    2781 §4.3; Python would take the machine's order, or refuse it when incremental)."""
+    marks = _BYTE_ORDER_MARKS.get(codec)
+    return codec + "-be" if marks is not None and not head.startswith(marks) else codec
+
+
+def _transfer_decoded(buf: bytes, start: int, end: int, encoding: bytes) -> Iterator[bytes]:
+    """A part body's octets without their transfer encoding (RFC 2045 §6), in chunks."""
+    if encoding == b"base64":
+        return _base64_chunks(buf, start, end)
+    if encoding == b"quoted-printable":
+        return _qp_chunks(buf, start, end)
+    return _slices(buf, start, end)
+
+
+def _slices(buf: bytes, start: int, end: int) -> Iterator[bytes]:
+    chunk = _CHUNK
+    for pos in range(start, end, chunk):
+        yield buf[pos : min(pos + chunk, end)]
+
+
+_NOT_BASE64 = bytes(c for c in range(256) if not re.fullmatch(rb"[A-Za-z0-9+/]", bytes([c])))
+
+
+def _base64_chunks(buf: bytes, start: int, end: int) -> Iterator[bytes]:
+    """Lenient base64 (RFC 2045 §6.8), as FETCH BINARY: characters outside the alphabet are
+    skipped, decoding stops at the first "=", a truncated last group decodes as far as it
+    goes. Whole 4-character groups are decoded per chunk, the rest carried over."""
+    carry = b""
+    for raw in _slices(buf, start, end):
+        stop = raw.find(b"=")
+        clean = carry + (raw if stop < 0 else raw[:stop]).translate(None, _NOT_BASE64)
+        usable = len(clean) - len(clean) % 4
+        carry = clean[usable:]
+        if usable:
+            yield binascii.a2b_base64(clean[:usable])
+        if stop >= 0:
+            break
+    if len(carry) >= 2:  # 2 or 3 characters carry 1 or 2 octets
+        yield binascii.a2b_base64(carry + b"=" * (4 - len(carry)))
+
+
+def _qp_chunks(buf: bytes, start: int, end: int) -> Iterator[bytes]:
+    """Quoted-printable (RFC 2045 §6.7), decoded in chunks cut after a LF, else before an
+    "=" escape that would straddle the cut."""
+    chunk = _CHUNK
+    while end - start > chunk:
+        pos = start + chunk
+        lf = buf.find(b"\n", pos, min(end, pos + chunk))
+        if lf >= 0:
+            cut = lf + 1
+        else:
+            eq = buf.rfind(b"=", pos - 2, pos)
+            cut = eq if eq > start else pos
+        yield binascii.a2b_qp(buf[start:cut])
+        start = cut
+    if end > start:
+        yield binascii.a2b_qp(buf[start:end])
+
+
+# --------------------------------------------------------------------------- one message
+
+_Leaf: TypeAlias = tuple[int, int, int]  # header_start, body_start, end (of the body)
+
+
+class _Message:
+    """One message for the keys of one evaluation: loaded on first use, its layout (header
+    end, text leaves, embedded headers) computed once; its text never kept."""
+
+    __slots__ = ("_body", "_embedded", "_header_end", "_leaves", "_load", "_parts", "_prefix")
+
+    def __init__(self, load: Callable[[], bytes | StoredMessage]) -> None:
+        self._load: Callable[[], bytes | StoredMessage] | None = load
+        self._prefix = b""
+        self._body = b""
+        self._parts: tuple[PartSpan, ...] | None = None
+        self._header_end = -1
+        self._leaves: list[_Leaf] | None = None
+        self._embedded: list[tuple[int, int]] = []
+
+    def _fetch(self) -> None:
+        load = self._load
+        if load is None:
             return
-        for child in reversed(children):
-            if isinstance(child, email.message.Message):
-                stack.append((child, depth + 1))
-                if embedded:
-                    out.append("\n".join(f"{n}: {v}" for n, v in _header_items(child)))
-        return
-    if part.get_content_maintype() != "text":
-        return
-    octets = part.get_payload(decode=True)
-    if isinstance(octets, bytes):
-        out.append(_decode_octets(octets, part.get_content_charset() or "us-ascii"))
+        self._load = None
+        loaded = load()
+        if isinstance(loaded, bytes):
+            self._body = loaded
+            return
+        self._prefix = loaded.prefix or b""
+        self._body = loaded.body or b""
+        if loaded.partmap:
+            try:
+                parts = decode_partmap(loaded.partmap)
+            except ValueError:  # damaged: parse again when the structure is needed
+                return
+            if parts and parts[0].section == "":
+                self._parts = parts
+
+    def header(self) -> list[_Region]:
+        """The top-level header: the stored trace fields, then the message's own."""
+        self._fetch()
+        if self._header_end < 0:
+            parts = self._parts
+            self._header_end = (
+                min(parts[0].body_start, len(self._body)) if parts else _header_end(self._body)
+            )
+        own = (self._body, 0, self._header_end)
+        return [(self._prefix, 0, len(self._prefix)), own] if self._prefix else [own]
+
+    def field_values(self, pattern: _FieldPattern) -> Iterator[_Region]:
+        """Every occurrence of a field in the top-level header, as its value's range."""
+        for region in self.header():
+            for start, end in _fields(pattern, region):
+                yield region[0], start, end
+
+    def has_field(self, pattern: _FieldPattern) -> bool:
+        return next(self.field_values(pattern), None) is not None
+
+    def field_matches(self, pattern: _FieldPattern, needle: str) -> bool:
+        """Whether some value of a field contains `needle`. Values are decoded in batches of
+        about `_CHUNK` octets joined by LF: that makes no fold, so each decodes as it would
+        alone, and a needle without LF cannot match across two of them. A million tiny
+        fields cost a million regex matches, not a million decodes."""
+        if "\n" in needle:
+            return any(_find(needle, _header_text(value)) for value in self.field_values(pattern))
+        chunk = _CHUNK
+        batch: list[bytes] = []
+        size = 0
+        for region in self.header():
+            buf = region[0]
+            for start, end in _fields(pattern, region):
+                if end - start > chunk:
+                    if _find(needle, _header_text((buf, start, end))):
+                        return True
+                    continue
+                batch.append(buf[start:end])
+                size += end - start + 64  # and the object's own size: tiny values add up
+                if size >= chunk:
+                    if needle in _piece_text(b"\n".join(batch)):
+                        return True
+                    batch.clear()
+                    size = 0
+        return bool(batch) and needle in _piece_text(b"\n".join(batch))
+
+    def header_matches(self, needle: str) -> bool:
+        return _find(needle, itertools.chain.from_iterable(map(_header_text, self.header())))
+
+    def body_matches(self, needle: str) -> bool:
+        leaves = self._layout()
+        body = self._body
+        return any(_find(needle, _header_text((body, s, e))) for s, e in self._embedded) or any(
+            _part_matches(needle, body, *leaf) for leaf in leaves
+        )
+
+    def sent_day(self) -> dt.date | None:
+        """The day written in the first Date: field (None: no field, or not a date)."""
+        for buf, start, end in self.field_values(_DATE):
+            return _parse_day(_capped(buf, start, end).decode("latin-1"))
+        return None
+
+    def _layout(self) -> list[_Leaf]:
+        """The text-bearing leaves, and the embedded message headers (`_embedded`)."""
+        if self._leaves is not None:
+            return self._leaves
+        header_end = self.header()[-1][2]
+        body = self._body
+        parts = self._parts
+        if parts is None and _is_container(_first(_CONTENT_TYPE, (body, 0, header_end))):
+            try:
+                parts = parse_message(body).parts
+            except Exception:  # never expected: the parser takes any bytes; search it flat
+                parts = None
+        if parts is None:  # one leaf: the message header is its MIME header
+            self._leaves = [(0, header_end, len(body))]
+            return self._leaves
+        size = len(body)
+        containers = {p.section.rpartition(".")[0] for p in parts if p.section}
+        self._leaves = []
+        for p in parts:
+            start = min(max(p.body_start, 0), size)
+            if p.is_message:
+                self._embedded.append((start, min(max(p.text_start, start), size)))
+            elif p.section and p.section not in containers:
+                end = min(max(p.end, start), size)
+                self._leaves.append((min(max(p.header_start, 0), start), start, end))
+        return self._leaves
 
 
 def _no_text() -> bytes:
     raise AssertionError("a metadata-only search key asked for message text")
 
 
-_NO_TEXT = _Text(_no_text)
+_NO_TEXT = _Message(_no_text)
 
 
 # --------------------------------------------------------------------------- compiling
 
-_Pred: TypeAlias = Callable[[SearchView, _Text], bool]
+_Pred: TypeAlias = Callable[[SearchView, _Message], bool]
 _CHEAP, _HEADER, _BODY = 0, 1, 2  # cost classes
 
 
-def _true(view: SearchView, text: _Text) -> bool:
+def _true(view: SearchView, text: _Message) -> bool:
     return True
 
 
-def _false(view: SearchView, text: _Text) -> bool:
+def _false(view: SearchView, text: _Message) -> bool:
     return False
 
 
@@ -366,13 +844,15 @@ def _compile(key: SearchKey, ctx: _Context, depth: int) -> tuple[_Pred, int]:
             return (lambda v, t: v.modseq >= modseq), _CHEAP
         case SearchString(name, value):
             needle = _needle(value, ctx.charset)
+            if name not in ("BODY", "TEXT"):
+                return _header(name, needle)
+            if not needle:
+                return _true, _CHEAP
             if name == "BODY":
-                return (lambda v, t: needle in t.body()), _BODY
-            if name == "TEXT":
-                return (lambda v, t: needle in t.header_text() or needle in t.body()), _BODY
-            return _header(name.lower(), needle), _HEADER
+                return (lambda v, t: t.body_matches(needle)), _BODY
+            return (lambda v, t: t.header_matches(needle) or t.body_matches(needle)), _BODY
         case SearchHeader(field, value):
-            return _header(field.strip().lower(), _needle(value, ctx.charset)), _HEADER
+            return _header(field, _needle(value, ctx.charset))
         case SearchNot(inner):
             pred, cost = _compile(inner, ctx, depth + 1)
             if pred is _true:
@@ -430,21 +910,16 @@ def _internal_date(name: str, date: dt.date) -> _Pred:
 
 def _sent_date(name: str, date: dt.date) -> _Pred:
     """SENTBEFORE / SENTON / SENTSINCE: the day written in Date:, timezone disregarded."""
-
-    def sent(t: _Text) -> dt.date | None:
-        value = next((v for n, v in t.items() if n.strip().lower() == "date"), None)
-        return None if value is None else _parse_day(value)
-
     if name == "BEFORE":
-        return lambda v, t: (d := sent(t)) is not None and d < date
+        return lambda v, t: (d := t.sent_day()) is not None and d < date
     if name == "ON":
-        return lambda v, t: sent(t) == date
-    return lambda v, t: (d := sent(t)) is not None and d >= date
+        return lambda v, t: t.sent_day() == date
+    return lambda v, t: (d := t.sent_day()) is not None and d >= date
 
 
 def _parse_day(value: str) -> dt.date | None:
     try:
-        parsed = email.utils.parsedate_tz(_FOLD.sub("", value))
+        parsed = email.utils.parsedate_tz(value)
         return None if parsed is None else dt.date(parsed[0], parsed[1], parsed[2])
     except (ValueError, TypeError, OverflowError, IndexError):
         return None
@@ -479,11 +954,14 @@ def _needle(value: bytes, charset: str) -> str:
     return text.casefold()
 
 
-def _header(name: str, needle: str) -> _Pred:
+def _header(name: str, needle: str) -> tuple[_Pred, int]:
     """FROM / TO / CC / BCC / SUBJECT / HEADER: substring of any occurrence of the field."""
+    pattern = _field_pattern(name)
+    if pattern is None:  # no field can have that name
+        return _false, _CHEAP
     if not needle:  # RFC 9051 §6.4.4: HEADER name "" matches every message with the field
-        return lambda v, t: name in t.headers()
-    return lambda v, t: any(needle in value for value in t.headers().get(name, ()))
+        return (lambda v, t: t.has_field(pattern)), _HEADER
+    return (lambda v, t: t.field_matches(pattern, needle)), _HEADER
 
 
 def _or(left: tuple[_Pred, int], right: tuple[_Pred, int]) -> tuple[_Pred, int]:
@@ -551,7 +1029,7 @@ def evaluate(
         return []
     if cost == _CHEAP:
         return [v.seq for v in views if pred(v, _NO_TEXT)]
-    return [v.seq for v in views if pred(v, _Text(v.load))]
+    return [v.seq for v in views if pred(v, _Message(v.load))]
 
 
 def has_modseq(key: SearchKey) -> bool:
