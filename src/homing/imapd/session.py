@@ -955,10 +955,12 @@ class IMAPSession:
             return
         self._apply_flag_changes(selected, changes)
         await self._sync()
-        modseqs = {uid: meta.modseq for uid in event.uids if (meta := selected.get(uid))}
+        # The latest flags and MODSEQs, not the STORE's own result: the sync may have brought
+        # a newer change by another session, and flags and MODSEQ must come from one state.
+        latest = {uid: meta for uid in event.uids if (meta := selected.get(uid))}
         self.conn.flags_stored(
-            [(uid, flags) for uid, _, flags in changes],
-            modseqs=modseqs,
+            [(uid, latest[uid].flags) for uid, _, _ in changes if uid in latest],
+            modseqs={uid: meta.modseq for uid, meta in latest.items()},
             modified=changes.modified,
         )
 

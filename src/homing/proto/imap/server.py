@@ -533,6 +533,7 @@ class _View:
         "saved",
         "stale_expunged",
         "stale_flags",
+        "told",
         "uids",
         "uidvalidity",
     )
@@ -553,6 +554,9 @@ class _View:
         """UIDs in `uids` that the store has expunged; not announced yet."""
         self.stale_flags: set[int] = set()
         """UIDs in `uids` whose flags changed since the client was last told."""
+        self.told: dict[int, frozenset[str]] = {}
+        """For the UIDs in `stale_flags`: the flags the client was last told (`flags` holds
+        the latest known), which a STORE's answer is measured against."""
         self.recent = set(snapshot.recent)
         self.keywords = {f for flags in self.flags.values() for f in flags if f[0] != "\\"}
         self.new_keywords = False
@@ -608,7 +612,8 @@ class _View:
                 if old != flags:
                     self.flags[uid] = flags
                     self.note_keywords(flags)
-                    if not self.is_new(uid):
+                    if not self.is_new(uid) and uid not in self.stale_flags:
+                        self.told[uid] = old
                         self.stale_flags.add(uid)
                 if uid in self.stale_flags and uid in modseqs:
                     self.modseqs[uid] = modseqs[uid]
@@ -640,6 +645,7 @@ class _View:
             self.flags.pop(uid, None)
             self.stale_expunged.discard(uid)
             self.stale_flags.discard(uid)
+            self.told.pop(uid, None)
             self.modseqs.pop(uid, None)
             self.recent.discard(uid)
         if not self.stale_expunged:
@@ -1011,6 +1017,7 @@ class ServerConnection:
         if fetch.with_flags and uid not in mailbox.stale_expunged:
             mailbox.flags[uid] = flags  # the client learns them from this response
             mailbox.stale_flags.discard(uid)
+            mailbox.told.pop(uid, None)
             mailbox.note_keywords(flags)
         shown = mailbox.display_flags(uid, flags, not self.rev2)
         if seq != view.seq or shown is not flags:
@@ -1804,6 +1811,7 @@ class ServerConnection:
                 else:
                     self._line(b"* %d FETCH (FLAGS %s)\r\n" % (seq, flags))
             view.stale_flags.clear()
+            view.told.clear()
             view.modseqs.clear()
         if self.qresync and view.expunge_floor is not None:
             # RFC 7162 §3.2: MODSEQs told while an expunge waits (FETCH, STORE or SEARCH by
@@ -1840,6 +1848,12 @@ class ServerConnection:
     ) -> None:
         """The untagged FETCH responses of a STORE (RFC 9051 §6.4.6) and its tagged OK.
 
+        `changed` holds the latest flags of the messages the STORE changed (with `modseqs`,
+        their MODSEQs, as the adapter knows them after syncing). What the client should now
+        believe is what it was last told with the STORE applied; wherever the latest flags
+        differ from that (another session changed them too), .SILENT or not, the client hears
+        the latest (RFC 9051 §6.4.6: flag changes by others are reported even with .SILENT).
+
         Once CONDSTORE is enabled (RFC 7162 §3.1.3) they carry UID and MODSEQ, and even
         .SILENT reports the new MODSEQ of each message the STORE changed; messages that
         failed UNCHANGEDSINCE get no FETCH here and are listed in OK [MODIFIED ...]."""
@@ -1855,24 +1869,28 @@ class ServerConnection:
                 if seq is not None:
                     failed.append(uid if command.uid else seq)
                 continue
-            expected = _apply(view.flags[uid], event.flags, event.mode)
-            actual = changed.get(uid, expected)  # unchanged by the store: as expected
+            latest = view.flags[uid]
+            expected = _apply(view.told.get(uid, latest), event.flags, event.mode)
+            actual = changed.get(uid, latest)
             modseq = modseqs.get(uid)
             if command.silent:
                 # The client knows what it asked for; anything else changed meanwhile is news.
                 view.flags[uid] = actual
                 if actual != expected:
+                    view.told[uid] = expected
                     view.stale_flags.add(uid)
                     if modseq is not None:
                         view.modseqs[uid] = modseq
                     continue
                 view.stale_flags.discard(uid)  # a sync may have seen our own change first
+                view.told.pop(uid, None)
                 view.modseqs.pop(uid, None)
                 if condstore and uid in changed and modseq is not None and seq is not None:
                     self._line(b"* %d FETCH (UID %d MODSEQ (%d))\r\n" % (seq, uid, modseq))
                 continue
             view.flags[uid] = actual
             view.stale_flags.discard(uid)
+            view.told.pop(uid, None)
             view.modseqs.pop(uid, None)
             view.note_keywords(actual)
             if seq is None:
