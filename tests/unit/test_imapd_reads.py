@@ -263,7 +263,9 @@ def test_selected_metadata_many_removed() -> None:
     sel = selected(range(1, 1001))
     sel.remove(range(2, 1001, 2))
     assert len(sel) == 500
-    assert [m.uid for _, m in sel.lookup((u, u) for u in range(1, 1001))] == list(range(1, 1001, 2))
+    assert [m.uid for _, m in sel.lookup([(u, u) for u in range(1, 1001)])] == list(
+        range(1, 1001, 2)
+    )
     assert sel.get(999) == imapd._Meta(999, 1, frozenset(), 1498.5, 999)
 
 
@@ -302,7 +304,7 @@ def test_selected_metadata_behaves_like_a_dict(initial: set[int], ops: list[Any]
             for uid in uids:
                 model.pop(uid, None)
         assert len(sel) == len(model)
-    assert sel.lookup((u, u) for u in range(82)) == [(u, model[u]) for u in sorted(model)]
+    assert sel.lookup([(u, u) for u in range(82)]) == [(u, model[u]) for u in sorted(model)]
 
 
 # -- writing -------------------------------------------------------------------------------

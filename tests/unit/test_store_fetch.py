@@ -3,7 +3,6 @@ per-message reads (`read_parsed`, `read_split`) it replaces, on real SQLite file
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,7 +126,7 @@ def test_only_the_mailbox_asked_for(store: Store) -> None:
     assert archive is not None
     assert store.copy_messages(inbox, [2], archive.id).result(timeout=5) == [(2, 1)]
     (copy,) = store.read_fetch_data(archive.id, [1, 2, 3], parsed=True, data=True)
-    assert copy == dataclasses.replace(expected(store, inbox, 2), uid=1)
+    assert copy == expected(store, inbox, 2)._replace(uid=1)
     assert store.read_fetch_data(9999, [1], parsed=True, data=True) == []
 
 

@@ -244,10 +244,27 @@ class _Selected:
             return None
         return _Meta(uid, self._modseqs[i], self._flags[i], self._dates[i], self._sizes[i])
 
-    def lookup(self, messages: Iterable[tuple[int, int]]) -> list[tuple[int, _Meta]]:
-        """(seq, metadata) of the (seq, uid) pairs whose message is here, in their order."""
-        get = self.get
-        return [(seq, meta) for seq, uid in messages if (meta := get(uid)) is not None]
+    def lookup(self, messages: Sequence[tuple[int, int]]) -> list[tuple[int, _Meta]]:
+        """(seq, metadata) of the (seq, uid) pairs whose message is here, in their order.
+
+        The pairs must be in UID order (as the core's events give them): many (a FETCH 1:*)
+        are matched by walking both lists together, a few by bisection."""
+        if len(messages) < 64:
+            get = self.get
+            return [(seq, meta) for seq, uid in messages if (meta := get(uid)) is not None]
+        uids = self._uids
+        end = len(uids)
+        i = bisect.bisect_left(uids, messages[0][1])
+        modseqs, flags, dates, sizes = self._modseqs, self._flags, self._dates, self._sizes
+        out = []
+        for seq, uid in messages:
+            while i < end and uids[i] < uid:
+                i += 1
+            if i == end:
+                break
+            if uids[i] == uid:
+                out.append((seq, _Meta(uid, modseqs[i], flags[i], dates[i], sizes[i])))
+        return out
 
     def changed_since(
         self, modseq: int, messages: Sequence[tuple[int, int]]
@@ -850,13 +867,13 @@ class IMAPSession:
         event: core.FetchMessages,
     ) -> None:
         """Load and render some messages of a FETCH (in a worker thread unless small)."""
-        fetch_message = self.conn.fetch_message
         if not (event.needs_parse or event.needs_data):
-            for seq, info in messages:
-                fetch_message(_view(seq, info))
+            self.conn.fetch_messages(
+                MessageView(seq, uid, flags, date, size, modseq, b"", b"", b"", b"")
+                for seq, (uid, modseq, flags, date, size) in messages
+            )
             return
-        for view in self._load(mailbox_id, messages, event):
-            fetch_message(view)
+        self.conn.fetch_messages(self._load(mailbox_id, messages, event))
 
     def _load(
         self,
@@ -872,28 +889,16 @@ class IMAPSession:
             parsed=event.needs_parse,
             data=event.needs_data,
         )
-        found = {row.uid: row for row in rows}
+        found = {row[0]: row for row in rows}
         views = []
-        for seq, info in messages:
-            row = found.get(info.uid)
-            if row is None:
-                continue
-            views.append(
-                MessageView(
-                    seq,
-                    info.uid,
-                    info.flags,
-                    info.internaldate,
-                    info.size,
-                    info.modseq,
-                    row.envelope,
-                    row.bodystructure,
-                    row.body_nx,
-                    row.partmap,
-                    row.prefix,
-                    row.body,
+        for seq, (uid, modseq, flags, date, size) in messages:
+            row = found.get(uid)
+            if row is not None:
+                _, envelope, structure, body_nx, partmap, prefix, body = row
+                view = (seq, uid, flags, date, size, modseq)
+                views.append(
+                    MessageView(*view, envelope, structure, body_nx, partmap, prefix, body)
                 )
-            )
         return views
 
     async def _search(self, event: core.SearchMessages) -> None:
@@ -1146,21 +1151,6 @@ class _TextLoader:
         )
         self._ahead = {row.uid: row for row in rows}
         return self._ahead
-
-
-def _view(seq: int, info: _Meta) -> MessageView:
-    return MessageView(
-        seq=seq,
-        uid=info.uid,
-        flags=info.flags,
-        internaldate=info.internaldate,
-        size=info.size,
-        modseq=info.modseq,
-        envelope=b"",
-        bodystructure=b"",
-        body_nx=b"",
-        partmap=b"",
-    )
 
 
 class IMAPService:

@@ -49,10 +49,10 @@ class MessageInfo(NamedTuple):
     size: int
 
 
-@dataclass(frozen=True, slots=True)
-class FetchRow:
+class FetchRow(NamedTuple):
     """What `Store.read_fetch_data` returns for one message: the parse results computed at
-    delivery and/or the stored bytes, as asked for.
+    delivery and/or the stored bytes, as asked for (a named tuple: one is made per message
+    of a FETCH 1:*).
 
     `envelope`, `bodystructure`, `body_nx` (BODY without extension data) and `partmap` are
     b"" unless parse results were asked for; `prefix` (this copy's trace headers) and `body`

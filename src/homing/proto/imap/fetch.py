@@ -59,7 +59,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import attrgetter
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from homing.mail.mime import PartSpan, decode_partmap, parse_message
 from homing.proto.imap.types import MONTHS, FetchAtt, FormatError, Section
@@ -83,9 +83,9 @@ __all__ = [
 Chunk: TypeAlias = bytes | memoryview
 
 
-@dataclass(frozen=True, slots=True)
-class MessageView:
-    """What the session knows about one message when it renders FETCH data for it.
+class MessageView(NamedTuple):
+    """What the session knows about one message when it renders FETCH data for it (a named
+    tuple: a FETCH of a whole mailbox makes one per message, and a tuple is made fastest).
 
     `envelope`, `bodystructure`, `body_nx` (BODY without extension data) and `partmap` are
     the stored results of `homing.mail.mime.parse_message(body)`; pass b"" when `needs_parse`

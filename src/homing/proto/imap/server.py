@@ -35,8 +35,9 @@ mailbox: the response says which).
 * `ListMailboxes`       -> `mailboxes_listed(entries)` with every mailbox of the account.
 * `GetStatus`           -> `status(entry)`.
 * `AppendMessages`      -> `appended(uidvalidity, uids)`.
-* `FetchMessages`       -> set \\Seen on `set_seen` first if given; then `fetch_message(view)`
-                           per message that still exists (any order), then `fetch_done()`.
+* `FetchMessages`       -> set \\Seen on `set_seen` first if given; then `fetch_messages(views)`
+                           (or `fetch_message(view)`) for the messages that still exist, in
+                           any order and as many calls as suit, then `fetch_done()`.
 * `SearchMessages`      -> run `search.evaluate` with its arguments over one `SearchView` per
                            message of `messages` that still exists, then `searched(numbers)`.
 * `StoreFlags`          -> `flags_stored(changes)`: (uid, new flags) of the messages changed.
@@ -69,7 +70,7 @@ import bisect
 import enum
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import cast
 
 from homing.proto import sasl
@@ -991,47 +992,73 @@ class ServerConnection:
         self._done(event.tag, r.APPENDED.with_code(f"APPENDUID {uidvalidity} {uid_set}"))
 
     def fetch_message(self, view: MessageView) -> None:
-        """One message of the FETCH being answered, with the `seq` the event gave it and the
-        store's flags (the core adds \\Recent for IMAP4rev1)."""
+        """One message of the FETCH being answered (see `fetch_messages`)."""
+        self.fetch_messages((view,))
+
+    def fetch_messages(self, views: Iterable[MessageView]) -> None:
+        """Messages of the FETCH being answered, each with the `seq` the event gave it and
+        the store's flags (the core adds \\Recent for IMAP4rev1). One call per chunk: this
+        loop runs once per message of a `FETCH 1:*`, so it keeps to local names."""
         fetch = self._fetch
         if self.closed:
             return
         if fetch is None or self._view is None:
-            raise RuntimeError("fetch_message() without a FETCH in progress")
-        if fetch.error is not None:
-            return
+            raise RuntimeError("fetch_messages() without a FETCH in progress")
         mailbox = self._view
-        uid = view.uid
-        seq = view.seq  # the adapter's, from the event; numbers do not move meanwhile
-        if not (0 < seq <= len(mailbox.uids) and mailbox.uids[seq - 1] == uid):
-            found = mailbox.seq(uid)
-            if found is None:
-                return
-            seq = found
-        if uid not in fetch.wanted:
-            return
-        fetch.wanted.discard(uid)
-        if fetch.changed_since is not None and view.modseq <= fetch.changed_since:
-            return  # RFC 7162 §3.1.4.1: not changed since; nothing to say
-        flags = view.flags
-        if fetch.with_flags and uid not in mailbox.stale_expunged:
-            mailbox.flags[uid] = flags  # the client learns them from this response
-            mailbox.stale_flags.discard(uid)
-            mailbox.told.pop(uid, None)
-            mailbox.note_keywords(flags)
-        shown = mailbox.display_flags(uid, flags, not self.rev2)
-        if seq != view.seq or shown is not flags:
-            view = replace(view, seq=seq, flags=shown)
+        uids = mailbox.uids
+        count = len(uids)
+        wanted = fetch.wanted
+        since = fetch.changed_since
+        learn = fetch.with_flags
+        known = mailbox.flags
+        stale_expunged = mailbox.stale_expunged
+        recent = mailbox.recent if not self.rev2 else ()
+        render = fetch.render
+        render_chunks = fetch.render_chunks
+        out = self._out
+        size = 0
         try:
-            if fetch.render is not None:
-                self._line(fetch.render(view))
-            else:
-                assert fetch.render_chunks is not None
-                for chunk in fetch.render_chunks(view):
-                    self._out.append(chunk)
-                    self._out_size += len(chunk)
-        except FetchError as err:  # BINARY of an unknown transfer encoding (RFC 3516 §4.2)
-            fetch.error = Response("BAD" if err.bad else "NO", err.text, err.code)
+            for given in views:
+                if fetch.error is not None:
+                    break
+                view = given
+                uid = view.uid
+                seq = view.seq  # the adapter's, from the event; numbers do not move meanwhile
+                if not (0 < seq <= count and uids[seq - 1] == uid):
+                    found = mailbox.seq(uid)
+                    if found is None:
+                        continue
+                    seq = found
+                if uid not in wanted:
+                    continue
+                wanted.discard(uid)
+                if since is not None and view.modseq <= since:
+                    continue  # RFC 7162 §3.1.4.1: not changed since; nothing to say
+                flags = view.flags
+                if learn and uid not in stale_expunged:
+                    known[uid] = flags  # the client learns them from this response
+                    if mailbox.stale_flags:
+                        mailbox.stale_flags.discard(uid)
+                        mailbox.told.pop(uid, None)
+                    if flags:
+                        mailbox.note_keywords(flags)
+                shown = flags | {RECENT} if uid in recent else flags
+                if seq != view.seq or shown is not flags:
+                    view = view._replace(seq=seq, flags=shown)
+                try:
+                    if render is not None:
+                        line = render(view)
+                        out.append(line)
+                        size += len(line)
+                    else:
+                        assert render_chunks is not None
+                        for chunk in render_chunks(view):
+                            out.append(chunk)
+                            size += len(chunk)
+                except FetchError as err:  # BINARY of an unknown encoding (RFC 3516 §4.2)
+                    fetch.error = Response("BAD" if err.bad else "NO", err.text, err.code)
+        finally:
+            self._out_size += size
 
     def fetch_done(self) -> None:
         """Every message of the FETCH that still exists was given to `fetch_message`."""
