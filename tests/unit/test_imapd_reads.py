@@ -6,6 +6,7 @@ SQLite store."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -341,3 +342,104 @@ def test_pieces_join_small_chunks_and_cut_big_ones() -> None:
         b")\r\n",
     ]
     assert list(imapd._pieces([])) == list(imapd._pieces([b"", memoryview(b"")])) == []
+
+
+# -- the select cache ---------------------------------------------------------------------
+
+
+class ListingStore(CountingStore):
+    """The real store, recording how list_messages was asked (full read or a delta)."""
+
+    listings: list[int | None]
+
+    def list_messages(
+        self, mailbox_id: int, *, changed_since: int | None = None
+    ) -> list[MessageInfo]:
+        self.listings.append(changed_since)
+        return super().list_messages(mailbox_id, changed_since=changed_since)
+
+
+def columns(sel: imapd._Selected) -> list[imapd._Meta]:
+    return [m for _, m in sel.lookup([(u, u) for u in sel.uid_list()])]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["deliver", "flag", "expunge", "select"]),
+            st.integers(min_value=0, max_value=40),
+        ),
+        max_size=25,
+    )
+)
+def test_select_cache_equals_a_fresh_read(tmp_path_factory: Any, ops: list[Any]) -> None:
+    """Invariant: whatever happened since, a SELECT through the cache sees exactly what a
+    full read of the store sees, and after the first it reads only the delta."""
+    path = tmp_path_factory.mktemp("cache") / "homing.db"
+    store = ListingStore.open(path, create=True)
+    assert isinstance(store, ListingStore)
+    store.listings = []
+    cache = imapd.SelectCache()
+    try:
+        store.add_domain("example.com")
+        account = store.add_account("bob@example.com", make_credentials("pw", hasher=FAST_HASHER))
+        new = [
+            NewMessage(account.id, "INBOX", PREFIX, message(n), parse_message(message(n)))
+            for n in range(5)
+        ]
+        store.deliver(new).result(timeout=10)
+        for op, n in [("select", 0), *ops, ("select", 0)]:
+            inbox = store.get_mailbox(account.id, "INBOX")
+            assert inbox is not None
+            uids = [m.uid for m in store.list_messages(inbox.id)]
+            store.listings.pop()
+            if op == "deliver":
+                store.deliver(new[:1]).result(timeout=10)
+            elif op == "flag" and uids:
+                flags = frozenset({"\\Seen", f"$k{n % 3}"})
+                store.store_flags(inbox.id, [uids[n % len(uids)]], flags, "set").result(10)
+            elif op == "expunge" and uids:
+                store.expunge(inbox.id, [uids[n % len(uids)]], force=True).result(timeout=10)
+            elif op == "select":
+                before = len(store.listings)
+                got = cache.load(store, inbox)
+                asked = store.listings[before:]
+                fresh = imapd._Selected(inbox, store.list_messages(inbox.id))
+                assert columns(got) == columns(fresh)
+                assert got.highestmodseq == inbox.highestmodseq
+                assert None not in asked or before == 0  # only the first reads everything
+    finally:
+        store.close()
+
+
+def test_select_cache_drops_least_recent_and_checks_uidvalidity(tmp_path: Path) -> None:
+    store = ListingStore.open(tmp_path / "homing.db", create=True)
+    assert isinstance(store, ListingStore)
+    store.listings = []
+    cache = imapd.SelectCache(max_messages=5)
+    try:
+        store.add_domain("example.com")
+        account = store.add_account("bob@example.com", make_credentials("pw", hasher=FAST_HASHER))
+        for name in ("A", "B"):
+            store.create_mailbox(account.id, name)
+            store.deliver(
+                [
+                    NewMessage(account.id, name, b"", message(n), parse_message(message(n)))
+                    for n in range(3)
+                ]
+            ).result(timeout=10)
+        a = store.get_mailbox(account.id, "A")
+        b = store.get_mailbox(account.id, "B")
+        assert a is not None and b is not None
+        cache.load(store, a)
+        cache.load(store, a)
+        assert store.listings == [None]  # the second SELECT of A: no read at all
+        cache.load(store, b)  # 3 + 3 > 5: A is dropped
+        cache.load(store, a)
+        assert store.listings == [None, None, None]
+        # Another UIDVALIDITY (the mailbox was recreated under the same id): a full read.
+        cache.load(store, dataclasses.replace(a, uidvalidity=a.uidvalidity + 1))
+        assert store.listings == [None, None, None, None]
+    finally:
+        store.close()

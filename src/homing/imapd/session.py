@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import functools
 import logging
 import secrets
+import threading
 import time
 from array import array
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
@@ -214,11 +216,13 @@ class _Selected:
         "_uids",
         "highestmodseq",
         "id",
+        "uidvalidity",
         "unwatch",
     )
 
     def __init__(self, mailbox: MailboxInfo, messages: Sequence[MessageInfo]) -> None:
         self.id = mailbox.id
+        self.uidvalidity = mailbox.uidvalidity
         self.highestmodseq = mailbox.highestmodseq
         ordered = sorted(messages, key=attrgetter("uid"))
         self._uids = array(_U32, [m.uid for m in ordered])
@@ -230,6 +234,39 @@ class _Selected:
 
     def __len__(self) -> int:
         return len(self._uids)
+
+    def copy(self) -> _Selected:
+        """An independent copy (each column copied at C speed; flag sets are shared)."""
+        other = _Selected.__new__(_Selected)
+        other.id = self.id
+        other.uidvalidity = self.uidvalidity
+        other.highestmodseq = self.highestmodseq
+        other._uids = self._uids[:]
+        other._modseqs = self._modseqs[:]
+        other._sizes = self._sizes[:]
+        other._dates = self._dates[:]
+        other._flags = self._flags[:]
+        other.unwatch = _nothing
+        return other
+
+    def uid_list(self) -> list[int]:
+        return self._uids.tolist()
+
+    def flag_pairs(self) -> list[tuple[int, frozenset[str]]]:
+        """(uid, flags) of every message, in UID order."""
+        return list(zip(self._uids, self._flags, strict=True))
+
+    def changed_after(
+        self, modseq: int, named: Callable[[int], bool]
+    ) -> list[tuple[int, frozenset[str], int]]:
+        """(uid, flags, modseq) of the messages whose MODSEQ is above `modseq` and whose UID
+        `named` accepts, in UID order."""
+        uids, flags = self._uids, self._flags
+        return [
+            (uid, flags[i], value)
+            for i, value in enumerate(self._modseqs)
+            if value > modseq and named(uid := uids[i])
+        ]
 
     def __contains__(self, uid: int) -> bool:
         return self._index(uid) is not None
@@ -322,6 +359,60 @@ class _Selected:
             del self._uids[i], self._modseqs[i], self._sizes[i], self._dates[i], self._flags[i]
 
 
+class SelectCache:
+    """The metadata of recently selected mailboxes, shared by the sessions of a process.
+
+    A SELECT of a mailbox seen before copies the cached columns (a memcpy each) and applies
+    what changed since their HIGHESTMODSEQ (`list_messages(changed_since=...)` and
+    `expunged_since`, the same delta a session's sync reads), instead of reading every row
+    again: a client reconnecting to a 10,000-message mailbox costs one small query, not
+    10,000 rows. An entry is trusted only while the mailbox's UIDVALIDITY is the same. At most
+    `max_messages` messages are kept, least recently selected mailboxes dropped first (some
+    36 bytes a message). Safe to use from the worker threads that read big mailboxes.
+    """
+
+    def __init__(self, max_messages: int = 250_000) -> None:
+        self.max_messages = max_messages
+        self._entries: collections.OrderedDict[int, _Selected] = collections.OrderedDict()
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def load(self, store: Store, mailbox: MailboxInfo) -> _Selected:
+        """The metadata of `mailbox` as of (at least) the HIGHESTMODSEQ `mailbox` carries."""
+        with self._lock:
+            cached = self._entries.get(mailbox.id)
+            if cached is not None:
+                self._entries.move_to_end(mailbox.id)
+                cached = cached.copy()
+        if cached is None or cached.uidvalidity != mailbox.uidvalidity:
+            selected = _Selected(mailbox, store.list_messages(mailbox.id))
+        else:
+            selected = cached
+            since = selected.highestmodseq
+            if mailbox.highestmodseq != since:
+                # As in a sync: everything up to the HIGHESTMODSEQ read first is in; what
+                # committed after it may be applied again next time, which is harmless.
+                selected.remove(store.expunged_since(mailbox.id, since))
+                for info in store.list_messages(mailbox.id, changed_since=since):
+                    selected.put(info)
+                selected.highestmodseq = mailbox.highestmodseq
+        self._remember(selected.copy())
+        return selected
+
+    def _remember(self, selected: _Selected) -> None:
+        if len(selected) > self.max_messages:
+            return
+        with self._lock:
+            old = self._entries.pop(selected.id, None)
+            if old is not None:
+                self._total -= len(old)
+            self._entries[selected.id] = selected
+            self._total += len(selected)
+            while self._total > self.max_messages:
+                _, dropped = self._entries.popitem(last=False)
+                self._total -= len(dropped)
+
+
 class IMAPSession:
     """One IMAP connection (port 143 with STARTTLS, or 993 with implicit TLS)."""
 
@@ -340,9 +431,12 @@ class IMAPSession:
         login_timeout: float = LOGIN_TIMEOUT,
         executor: Executor | None = None,
         nonce: Callable[[], str] | None = None,
+        select_cache: SelectCache | None = None,
     ) -> None:
-        """`executor` runs the big store reads (None: the loop's default executor)."""
+        """`executor` runs the big store reads (None: the loop's default executor);
+        `select_cache` is the process's (None: one of this session's own)."""
         self.stream = stream
+        self.select_cache = select_cache or SelectCache()
         self.executor = executor
         self.store = store
         self.auth = authenticator
@@ -607,16 +701,17 @@ class IMAPSession:
             self.conn.failed(r.NONEXISTENT)
             return
         if mailbox.messages > BIG_MAILBOX:
-            messages = await self._in_thread(self.store.list_messages, mailbox.id)
+            selected = await self._in_thread(self.select_cache.load, self.store, mailbox)
         else:
-            messages = self.store.list_messages(mailbox.id)
-        selected = _Selected(mailbox, messages)
-        uids = [m.uid for m in messages]
+            selected = self.select_cache.load(self.store, mailbox)
+        uids = selected.uid_list()
+        # Never below a UID the client will see (the rows may be newer than `mailbox`).
+        uidnext = max(mailbox.uidnext, uids[-1] + 1 if uids else 1)
         if event.readonly or self.conn.rev2:
             recent = self.recent.count(mailbox.id, uids)
             recent_uids = frozenset(uids[len(uids) - recent :]) if recent else frozenset()
         else:
-            recent_uids = frozenset(self.recent.claim(mailbox.id, uids, uidnext=mailbox.uidnext))
+            recent_uids = frozenset(self.recent.claim(mailbox.id, uids, uidnext=uidnext))
         self.selected = selected
         selected.unwatch = self.watcher.watch(mailbox.id, self._changed)
         self._dirty = False
@@ -631,17 +726,13 @@ class IMAPSession:
             vanished = [
                 uid for uid in self.store.expunged_since(mailbox.id, qresync.modseq) if named(uid)
             ]
-            changed = [
-                (m.uid, m.flags, m.modseq)
-                for m in messages
-                if m.modseq > qresync.modseq and named(m.uid)
-            ]
+            changed = selected.changed_after(qresync.modseq, named)
         self.conn.mailbox_selected(
             core.MailboxSnapshot(
                 name=mailbox.name,
                 uidvalidity=mailbox.uidvalidity,
-                uidnext=mailbox.uidnext,
-                messages=[(m.uid, m.flags) for m in messages],
+                uidnext=uidnext,
+                messages=selected.flag_pairs(),
                 special_use=mailbox.special_use,
                 recent=recent_uids,
                 highestmodseq=mailbox.highestmodseq,
@@ -1178,6 +1269,7 @@ class IMAPService:
         self.registry = SessionRegistry()
         self.watcher = MailboxWatcher(store)
         self.recent = RecentTracker()
+        self.select_cache = SelectCache()
         self.executor = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="homing-imap")
 
     def settings(self, *, implicit_tls: bool, peer: str = "") -> core.Settings:
@@ -1202,6 +1294,7 @@ class IMAPService:
                 registry=self.registry,
                 watcher=self.watcher,
                 recent=self.recent,
+                select_cache=self.select_cache,
                 idle_timeout=self.idle_timeout,
                 executor=self.executor,
             )
