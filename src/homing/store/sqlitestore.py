@@ -1099,6 +1099,8 @@ class Store:
             rows = _rows(conn, sql + " ORDER BY m.uid", params)
             if data and not inline:
                 rows = [(*r, self._bodies.get(conn, r[-1])) for r in rows]
+        if parsed and not data:  # FETCH ENVELOPE / BODYSTRUCTURE of many: the common bulk case
+            return [FetchRow(uid, env, bs, nx, pm) for uid, env, bs, nx, pm in rows]
         return [self._fetch_row(mailbox_id, r, parsed=parsed, data=data) for r in rows]
 
     def read_messages(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
