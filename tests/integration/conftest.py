@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from homing.store import Store
+
 HOMING = [str(Path(sys.executable).with_name("homing"))]  # the installed console script
 DOMAIN = "local.test"
 #: `make_server({"listen": POP3_LISTEN})`: POP3 (STLS) and POP3S on ephemeral ports.
@@ -223,3 +225,25 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{name} is not installed (.ci/run should install it)")
         pytest.skip(f"{name} not installed")
     return path
+
+
+def module_server(
+    factory: pytest.TempPathFactory, name: str, overrides: dict[str, dict[str, Any]]
+) -> Iterator[Server]:
+    """A `homing serve` shared by a test module (use with `yield from` in a module-scoped
+    fixture); killed at the end."""
+    base = factory.mktemp(name) / "s"
+    base.mkdir()
+    data, config = make_config(base, overrides)
+    s = Server(data=data, config=config, log_path=base / "serve.log")
+    s.start()
+    yield s
+    if s.proc is not None:
+        s.stop(signal.SIGKILL)
+
+
+def module_store(server: Server) -> Iterator[Store]:
+    """The store of a running `module_server`, opened beside it as the CLI does."""
+    s = Store.open(server.data / "homing.db")
+    yield s
+    s.close()

@@ -4,7 +4,6 @@ server's self-signed certificate and its name mx.local.test) and the imapclient 
 from __future__ import annotations
 
 import itertools
-import signal
 import smtplib
 import socket
 import ssl
@@ -18,7 +17,13 @@ from imapclient import IMAPClient
 
 from homing.mail.mime import parse_message
 from homing.store import NewMessage, Store, make_credentials
-from tests.integration.conftest import DOMAIN, Server, make_config, require_tool
+from tests.integration.conftest import (
+    DOMAIN,
+    Server,
+    module_server,
+    module_store,
+    require_tool,
+)
 
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 PASSWORD = "client pw"
@@ -29,21 +34,12 @@ _names = itertools.count()
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("imapclients") / "s"
-    base.mkdir()
-    data, config = make_config(base, {"listen": LISTEN})
-    s = Server(data=data, config=config, log_path=base / "serve.log")
-    s.start()
-    yield s
-    if s.proc is not None:
-        s.stop(signal.SIGKILL)
+    yield from module_server(tmp_path_factory, "imapclients", {"listen": LISTEN})
 
 
 @pytest.fixture(scope="module")
 def store(server: Server) -> Iterator[Store]:
-    s = Store.open(server.data / "homing.db")
-    yield s
-    s.close()
+    yield from module_store(server)
 
 
 @pytest.fixture

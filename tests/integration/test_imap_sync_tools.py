@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import signal
 import smtplib
 import subprocess
 import sys
@@ -32,7 +31,13 @@ from argon2 import PasswordHasher
 
 from homing.mail.mime import parse_message
 from homing.store import NewMessage, Store, make_credentials
-from tests.integration.conftest import DOMAIN, Server, make_config, require_tool
+from tests.integration.conftest import (
+    DOMAIN,
+    Server,
+    module_server,
+    module_store,
+    require_tool,
+)
 from tests.integration.syncharness import (
     ImapSide,
     LocalMessage,
@@ -64,21 +69,12 @@ _names = itertools.count()
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("synctools") / "s"
-    base.mkdir()
-    data, config = make_config(base, {"listen": LISTEN})
-    s = Server(data=data, config=config, log_path=base / "serve.log")
-    s.start()
-    yield s
-    if s.proc is not None:
-        s.stop(signal.SIGKILL)
+    yield from module_server(tmp_path_factory, "synctools", {"listen": LISTEN})
 
 
 @pytest.fixture(scope="module")
 def store(server: Server) -> Iterator[Store]:
-    s = Store.open(server.data / "homing.db")
-    yield s
-    s.close()
+    yield from module_store(server)
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +15,14 @@ from argon2 import PasswordHasher
 
 from homing.mail.mime import parse_message
 from homing.store import NewMessage, Store, make_credentials
-from tests.integration.conftest import DOMAIN, POP3_LISTEN, Server, make_config, require_tool
+from tests.integration.conftest import (
+    DOMAIN,
+    POP3_LISTEN,
+    Server,
+    module_server,
+    module_store,
+    require_tool,
+)
 
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 PASSWORD = "client pw"
@@ -26,21 +32,12 @@ _names = itertools.count()
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("pop3clients") / "s"
-    base.mkdir()
-    data, config = make_config(base, {"listen": POP3_LISTEN})
-    s = Server(data=data, config=config, log_path=base / "serve.log")
-    s.start()
-    yield s
-    if s.proc is not None:
-        s.stop(signal.SIGKILL)
+    yield from module_server(tmp_path_factory, "pop3clients", {"listen": POP3_LISTEN})
 
 
 @pytest.fixture(scope="module")
 def store(server: Server) -> Iterator[Store]:
-    s = Store.open(server.data / "homing.db")
-    yield s
-    s.close()
+    yield from module_store(server)
 
 
 @pytest.fixture
