@@ -120,6 +120,29 @@ def test_expunged_messages_are_left_out(store: Store) -> None:
     assert [r.uid for r in rows] == [1, 4, 5, 6]
 
 
+def test_fetch_meta_is_the_metadata_with_the_parse_results(store: Store) -> None:
+    _, inbox = fill(store, 8)
+    store.store_flags(inbox, [3, 5], frozenset({"\\Seen", "$Work"}), "add").result(timeout=5)
+    assert store.expunge(inbox, [4], force=True).result(timeout=5) == [4]
+    infos = {m.uid: m for m in store.list_messages(inbox)}
+    parsed = {r.uid: r for r in store.read_fetch_data(inbox, range(1, 9), parsed=True, data=False)}
+    for uids in (range(1, 9), [8, 3, 3, 99, 1]):
+        rows = store.read_fetch_meta(inbox, uids)
+        wanted = sorted(set(uids) & infos.keys())
+        assert rows == [
+            (
+                uid,
+                infos[uid].modseq,
+                infos[uid].flags,
+                infos[uid].internaldate,
+                infos[uid].size,
+                *parsed[uid][1:5],
+            )
+            for uid in wanted
+        ]
+    assert store.read_fetch_meta(inbox, []) == []
+
+
 def test_only_the_mailbox_asked_for(store: Store) -> None:
     account, inbox = fill(store, 3)
     archive = store.get_mailbox(account, "Archive")

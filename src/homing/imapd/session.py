@@ -927,6 +927,9 @@ class IMAPSession:
             self._apply_flag_changes(selected, changes)
         await self._sync()
         since = event.changed_since
+        if since is None and event.needs_parse and not event.needs_data:
+            await self._fetch_parsed(selected.id, event.messages)
+            return
         if since is None:
             messages = selected.lookup(event.messages)
         else:  # RFC 7162 §3.1.4.1: only what changed, found without a lookup per message
@@ -950,6 +953,35 @@ class IMAPSession:
             if self.conn.closed:
                 return
         self.conn.fetch_done()
+
+    async def _fetch_parsed(self, mailbox_id: int, messages: Sequence[tuple[int, int]]) -> None:
+        """FETCH of parse results without message bytes (ENVELOPE, BODYSTRUCTURE with flags,
+        sizes, dates): each chunk is one `read_fetch_meta` query that brings everything the
+        responses need, so no per-message lookup in the session's metadata."""
+        for start in range(0, len(messages), CHUNK):
+            chunk = messages[start : start + CHUNK]
+            if len(messages) <= SMALL_FETCH:
+                self._fetch_meta_chunk(mailbox_id, chunk)
+            else:
+                await self._in_thread(self._fetch_meta_chunk, mailbox_id, chunk)
+            if self.conn.pending_output >= core.FLUSH_AT:
+                await self._flush()
+            if self.conn.closed:
+                return
+        self.conn.fetch_done()
+
+    def _fetch_meta_chunk(self, mailbox_id: int, chunk: Sequence[tuple[int, int]]) -> None:
+        rows = self.store.read_fetch_meta(mailbox_id, [uid for _, uid in chunk])
+        views = []
+        j, end = 0, len(chunk)
+        for uid, modseq, flags, date, size, envelope, structure, body_nx, partmap in rows:
+            while j < end and chunk[j][1] < uid:  # both in UID order: walk them together
+                j += 1
+            if j < end and chunk[j][1] == uid:
+                seq = chunk[j][0]
+                view = (seq, uid, flags, date, size, modseq)
+                views.append(MessageView(*view, envelope, structure, body_nx, partmap))
+        self.conn.fetch_messages(views)
 
     def _fetch_chunk(
         self,

@@ -49,6 +49,11 @@ class MessageInfo(NamedTuple):
     size: int
 
 
+MetaRow = tuple[int, int, frozenset[str], float, int, bytes, bytes, bytes, bytes]
+"""`Store.read_fetch_meta`: (uid, modseq, flags, internaldate, size, envelope, bodystructure,
+body_nx, partmap)."""
+
+
 class FetchRow(NamedTuple):
     """What `Store.read_fetch_data` returns for one message: the parse results computed at
     delivery and/or the stored bytes, as asked for (a named tuple: one is made per message

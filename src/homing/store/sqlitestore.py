@@ -51,6 +51,7 @@ from homing.store.model import (
     FlagChanges,
     MailboxInfo,
     MessageInfo,
+    MetaRow,
     NewMessage,
     StoredMessage,
     StoreStats,
@@ -1102,6 +1103,34 @@ class Store:
         if parsed and not data:  # FETCH ENVELOPE / BODYSTRUCTURE of many: the common bulk case
             return [FetchRow(uid, env, bs, nx, pm) for uid, env, bs, nx, pm in rows]
         return [self._fetch_row(mailbox_id, r, parsed=parsed, data=data) for r in rows]
+
+    def read_fetch_meta(self, mailbox_id: int, uids: Sequence[int]) -> list[MetaRow]:
+        """Metadata and parse results of many messages of a mailbox in one query, in UID
+        order: (uid, modseq, flags, internaldate, size, envelope, bodystructure, body_nx,
+        partmap). UIDs that do not exist are left out. For `FETCH 1:* (FLAGS ENVELOPE ...)`:
+        everything such a response needs comes from one row, with no other lookup."""
+        wanted = _uid_list(uids)
+        if not wanted:
+            return []
+        sql = (
+            "SELECT m.uid, m.modseq, m.flags, m.keywords, m.internaldate, m.size,"
+            " b.envelope, b.bodystructure, b.body_nx, b.partmap"
+            " FROM messages m JOIN bodies b ON b.id = m.body_id WHERE m.mailbox_id = ?"
+        )
+        params: tuple[Any, ...]
+        if wanted[-1] - wanted[0] + 1 == len(wanted):
+            sql += " AND m.uid BETWEEN ? AND ?"
+            params = (mailbox_id, wanted[0], wanted[-1])
+        else:
+            sql += " AND m.uid IN (SELECT value FROM json_each(?))"
+            params = (mailbox_id, json.dumps(wanted))
+        with self._read() as conn:
+            rows = _rows(conn, sql + " ORDER BY m.uid", params)
+        flag_set = _flag_set
+        return [
+            (uid, modseq, flag_set(mask, keywords), date, size, env, bs, nx, pm)
+            for uid, modseq, mask, keywords, date, size, env, bs, nx, pm in rows
+        ]
 
     def read_messages(self, mailbox_id: int, uids: Sequence[int]) -> dict[int, bytes]:
         """The messages as stored (prefix + body) of many UIDs of a mailbox, read in one
