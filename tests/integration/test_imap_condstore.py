@@ -118,6 +118,16 @@ def test_qresync_transcript(server: Server, store: Store, account: Callable[...,
         b'* ESEARCH (TAG "R") UID ALL 1:2,6 MODSEQ 12\r\n',
         b"R OK SEARCH completed\r\n",
     ]
+    # With MIN or MAX alone, the MODSEQ is that of the message(s) returned (RFC 4731 §3.2).
+    assert raw.cmd(b"R", b"UID SEARCH RETURN (MIN) MODSEQ 10")[0] == (
+        b'* ESEARCH (TAG "R") UID MIN 1 MODSEQ 11\r\n'
+    )
+    assert raw.cmd(b"R", b"UID SEARCH RETURN (MAX) MODSEQ 10")[0] == (
+        b'* ESEARCH (TAG "R") UID MAX 6 MODSEQ 10\r\n'
+    )
+    assert raw.cmd(b"R", b"UID SEARCH RETURN (MIN COUNT) MODSEQ 10")[0] == (
+        b'* ESEARCH (TAG "R") UID MIN 1 COUNT 3 MODSEQ 12\r\n'
+    )
     lines = raw.cmd(b"T", b"STATUS INBOX (HIGHESTMODSEQ MESSAGES)")
     assert lines == [
         b"* STATUS INBOX (HIGHESTMODSEQ 14 MESSAGES 4)\r\n",

@@ -1060,11 +1060,11 @@ class IMAPSession:
         except SearchError as err:
             self.conn.failed(r.Response("BAD" if err.bad else "NO", err.text, err.code))
             return
-        modseq = None
-        if event.with_modseq and numbers:  # RFC 7162 §3.1.5: the highest among the matches
-            by_seq = {view.seq: view.modseq for view in views}
-            modseq = max(by_seq.get(n, 0) for n in numbers)
-        self.conn.searched(numbers, modseq=modseq)
+        modseqs = None
+        if event.with_modseq and numbers:  # RFC 7162 §3.1.5: the core reports the highest
+            matched = set(numbers)
+            modseqs = {view.seq: view.modseq for view in views if view.seq in matched}
+        self.conn.searched(numbers, modseqs=modseqs)
 
     async def _store_flags(self, event: core.StoreFlags) -> None:
         selected = self._require_selected()

@@ -1087,14 +1087,15 @@ class ServerConnection:
         if gone:
             self._line(b"* VANISHED (EARLIER) %s\r\n" % r.sequence_set(gone).encode())
 
-    def searched(self, numbers: Sequence[int], *, modseq: int | None = None) -> None:
+    def searched(self, numbers: Sequence[int], *, modseqs: Mapping[int, int] | None = None) -> None:
         """The sequence numbers `search.evaluate` matched, for the SEARCH being answered;
-        `modseq`: the highest MODSEQ among them, when the event asked `with_modseq`."""
+        `modseqs`: the MODSEQ of each (by sequence number), when the event asked
+        `with_modseq`."""
         event = self._take_store(SearchMessages)
         command, self._search = self._search, None
         if event is None or command is None:
             return
-        self._answer_search(event.tag, command, numbers, modseq)
+        self._answer_search(event.tag, command, numbers, modseqs)
 
     def flags_stored(
         self,
@@ -1939,14 +1940,29 @@ class ServerConnection:
         self._done(event.tag, response, expunge_ok=command.uid)
 
     def _answer_search(
-        self, tag: str, command: t.Search, numbers: Sequence[int], modseq: int | None
+        self,
+        tag: str,
+        command: t.Search,
+        numbers: Sequence[int],
+        modseqs: Mapping[int, int] | None,
     ) -> None:
         """SEARCH results: "* SEARCH" for IMAP4rev1 without RETURN, else ESEARCH (RFC 4731,
-        RFC 9051 §7.3.4); RETURN (SAVE) keeps the result for "$" (RFC 5182)."""
+        RFC 9051 §7.3.4); RETURN (SAVE) keeps the result for "$" (RFC 5182).
+
+        With MODSEQ in the key, the result carries the highest MODSEQ of the messages it
+        reports: all matches, or only those returned when RETURN asks for MIN and/or MAX
+        alone (RFC 7162 §3.1.5, RFC 4731 §3.2)."""
         view = self._view
         assert view is not None
         uids = [view.uids[n - 1] for n in numbers if 0 < n <= len(view.uids)]
         options = command.return_options
+        modseq = None
+        if modseqs and numbers:
+            opts = {o.upper() for o in options or ()}
+            reported: Iterable[int] = numbers
+            if opts & {"MIN", "MAX"} and not opts & {"ALL", "COUNT"}:
+                reported = [f(numbers) for f, o in ((min, "MIN"), (max, "MAX")) if o in opts]
+            modseq = max(modseqs.get(n, 0) for n in reported)
         if options is not None and "SAVE" in options:
             view.saved = saved_result(uids, options)
         results = uids if command.uid else list(numbers)
