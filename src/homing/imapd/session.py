@@ -286,13 +286,33 @@ class _Selected:
 
         The pairs must be in UID order (as the core's events give them): many (a FETCH 1:*)
         are matched by walking both lists together, a few by bisection."""
+        uids, modseqs, flags = self._uids, self._modseqs, self._flags
+        dates, sizes = self._dates, self._sizes
+        return [
+            (seq, _Meta(uids[i], modseqs[i], flags[i], dates[i], sizes[i]))
+            for seq, i in self._positions(messages)
+        ]
+
+    def views(self, messages: Sequence[tuple[int, int]]) -> list[MessageView]:
+        """`lookup` straight into the views a FETCH of metadata renders (no parse results,
+        no bytes): one object per message instead of two."""
+        uids, modseqs, flags = self._uids, self._modseqs, self._flags
+        dates, sizes = self._dates, self._sizes
+        return [
+            MessageView(seq, uids[i], flags[i], dates[i], sizes[i], modseqs[i], b"", b"", b"", b"")
+            for seq, i in self._positions(messages)
+        ]
+
+    def _positions(self, messages: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+        """(seq, column index) of the (seq, uid) pairs whose message is here. The pairs must
+        be in UID order (as the core's events give them): many (a FETCH 1:*) are matched by
+        walking both lists together, a few by bisection."""
         if len(messages) < 64:
-            get = self.get
-            return [(seq, meta) for seq, uid in messages if (meta := get(uid)) is not None]
+            index = self._index
+            return [(seq, i) for seq, uid in messages if (i := index(uid)) is not None]
         uids = self._uids
         end = len(uids)
         i = bisect.bisect_left(uids, messages[0][1])
-        modseqs, flags, dates, sizes = self._modseqs, self._flags, self._dates, self._sizes
         out = []
         for seq, uid in messages:
             while i < end and uids[i] < uid:
@@ -300,7 +320,7 @@ class _Selected:
             if i == end:
                 break
             if uids[i] == uid:
-                out.append((seq, _Meta(uid, modseqs[i], flags[i], dates[i], sizes[i])))
+                out.append((seq, i))
         return out
 
     def changed_since(
@@ -927,8 +947,17 @@ class IMAPSession:
             self._apply_flag_changes(selected, changes)
         await self._sync()
         since = event.changed_since
-        if since is None and event.needs_parse and not event.needs_data:
-            await self._fetch_parsed(selected.id, event.messages)
+        mailbox_id = selected.id
+        if since is None and not event.needs_data:
+            if event.needs_parse:  # one query per chunk brings every column the answer needs
+                pairs = event.messages
+                work = functools.partial(self._fetch_meta_chunk, mailbox_id)
+                await self._feed(_slices(pairs), work, inline=len(pairs) <= SMALL_FETCH)
+            else:  # all the answer needs is in the session's columns
+                views = selected.views(event.messages)
+                await self._feed(
+                    _slices(views), self.conn.fetch_messages, inline=len(views) <= SMALL_FETCH
+                )
             return
         if since is None:
             messages = selected.lookup(event.messages)
@@ -938,32 +967,30 @@ class IMAPSession:
             assert since is not None  # the parser allows VANISHED only with CHANGEDSINCE
             wanted = _in_ranges(event.vanished)
             self.conn.vanished(
-                uid for uid in self.store.expunged_since(selected.id, since) if wanted(uid)
+                uid for uid in self.store.expunged_since(mailbox_id, since) if wanted(uid)
             )
-        inline = len(messages) <= SMALL_FETCH and not event.needs_data
-        for chunk in _chunks(messages, data=event.needs_data):
-            if inline:
-                self._fetch_chunk(selected.id, chunk, event)
-            else:
-                # The session waits for the thread, so the core is never touched by two
-                # threads at once; the loop serves other sessions meanwhile.
-                await self._in_thread(self._fetch_chunk, selected.id, chunk, event)
-            if self.conn.pending_output >= core.FLUSH_AT:
-                await self._flush()
-            if self.conn.closed:
-                return
-        self.conn.fetch_done()
+        await self._feed(
+            list(_chunks(messages, data=event.needs_data)),
+            functools.partial(self._fetch_chunk, mailbox_id, event=event),
+            inline=len(messages) <= SMALL_FETCH and not event.needs_data,  # bytes: off the loop
+        )
 
-    async def _fetch_parsed(self, mailbox_id: int, messages: Sequence[tuple[int, int]]) -> None:
-        """FETCH of parse results without message bytes (ENVELOPE, BODYSTRUCTURE with flags,
-        sizes, dates): each chunk is one `read_fetch_meta` query that brings everything the
-        responses need, so no per-message lookup in the session's metadata."""
-        for start in range(0, len(messages), CHUNK):
-            chunk = messages[start : start + CHUNK]
-            if len(messages) <= SMALL_FETCH:
-                self._fetch_meta_chunk(mailbox_id, chunk)
+    async def _feed(
+        self,
+        pieces: Sequence[Sequence[_T]],
+        work: Callable[[Sequence[_T]], None],
+        *,
+        inline: bool,
+    ) -> None:
+        """Answer a FETCH piece by piece: `work` renders one piece into the core, on the loop
+        when `inline` (small and no bytes to read), else in a worker thread. The session waits
+        for the thread, so the core is never touched by two threads at once; the loop serves
+        other sessions meanwhile."""
+        for piece in pieces:
+            if inline:
+                work(piece)
             else:
-                await self._in_thread(self._fetch_meta_chunk, mailbox_id, chunk)
+                await self._in_thread(work, piece)
             if self.conn.pending_output >= core.FLUSH_AT:
                 await self._flush()
             if self.conn.closed:
@@ -987,6 +1014,7 @@ class IMAPSession:
         self,
         mailbox_id: int,
         messages: Sequence[tuple[int, _Meta]],
+        *,
         event: core.FetchMessages,
     ) -> None:
         """Load and render some messages of a FETCH (in a worker thread unless small)."""
@@ -1206,6 +1234,11 @@ def _pieces(chunks: Iterable[Chunk]) -> Iterator[bytes]:
 def _nonce() -> str:
     """A SCRAM server nonce (RFC 5802 §5.1)."""
     return secrets.token_urlsafe(18)
+
+
+def _slices(items: Sequence[_T]) -> list[Sequence[_T]]:
+    """`items` in pieces of at most CHUNK."""
+    return [items[start : start + CHUNK] for start in range(0, len(items), CHUNK)]
 
 
 def _chunks(
