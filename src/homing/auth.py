@@ -194,6 +194,17 @@ def _forget_oldest(table: dict[str, _V], limit: int) -> None:
 
 
 @dataclass(frozen=True, slots=True)
+class ScramWatch:
+    """A SCRAM exchange in progress in a POP3 or IMAP session. Their cores report a failed
+    proof only by counting it (IMAP login failures, POP3 errors), so the session notes the
+    count when the exchange begins and asks `Authenticator.scram_outcome` after each step."""
+
+    user: str
+    count: int
+    locked_out: bool
+
+
+@dataclass(frozen=True, slots=True)
 class AuthResult:
     """The outcome of one login attempt."""
 
@@ -347,6 +358,31 @@ class Authenticator:
     def scram_failed(self, user: str, *, ip: str, service: str) -> float:
         """A SCRAM exchange for `user` failed: record it; the delay before answering."""
         return self._failed(user, ip=ip, service=service)
+
+    def begin_scram(self, user: str, *, ip: str, count: int) -> tuple[ScramKeys | None, ScramWatch]:
+        """The verifier for a SCRAM exchange a POP3 or IMAP session starts, and the watch it
+        keeps (see `ScramWatch`). None for an unknown user, a locked-out IP or store trouble:
+        the exchange then goes on with fake keys and fails like a wrong password."""
+        locked = self.locked_out(ip)
+        keys = None
+        if not locked:
+            try:
+                keys = self.scram_keys(user)
+            except StoreError as err:
+                log.error("scram keys ip=%s: store error: %s", ip, err)
+        return keys, ScramWatch(user, count, locked)
+
+    def scram_outcome(
+        self, watch: ScramWatch, count: int, *, ip: str, service: str
+    ) -> float | None:
+        """None while the watched exchange has not failed (the session's failure `count` has
+        not moved); once it has, the failure is recorded (not for a locked-out IP, already
+        refused) and the delay to impose before the next answer is returned."""
+        if count <= watch.count:
+            return None
+        if watch.locked_out:
+            return 0.0
+        return self.scram_failed(watch.user, ip=ip, service=service)
 
     # -- bookkeeping -------------------------------------------------------------------------
 

@@ -323,6 +323,31 @@ def test_scram_outcomes_are_counted(authenticator: Authenticator) -> None:
     assert not authenticator.scram_succeeded("gone@example.com", ip=IP, service="test").ok
 
 
+def test_scram_watch_records_a_failure_once_and_not_for_a_locked_out_ip(
+    authenticator: Authenticator,
+) -> None:
+    keys, watch = authenticator.begin_scram(ALICE, ip=IP, count=2)
+    assert keys == authenticator.scram_keys(ALICE) and not watch.locked_out
+    # The session's failure count has not moved: the exchange is still going (or succeeded).
+    assert authenticator.scram_outcome(watch, 2, ip=IP, service="test") is None
+    assert authenticator.limiter.failures(IP, ALICE, 0.0) == (0, 0)
+    assert authenticator.scram_outcome(watch, 3, ip=IP, service="test") == 0.0
+    assert authenticator.limiter.failures(IP, ALICE, 0.0) == (1, 1)
+    # Unknown users get no keys (the exchange fails on fake ones) and are counted the same.
+    keys, watch = authenticator.begin_scram("nobody@example.com", ip=IP, count=0)
+    assert keys is None
+    assert authenticator.scram_outcome(watch, 1, ip=IP, service="test") == 0.0
+    # A locked-out IP gets no keys and its failed exchange is not counted again.
+    for _ in range(5):
+        authenticator.scram_failed(ALICE, ip=IP, service="test")
+    assert authenticator.locked_out(IP)
+    before = authenticator.limiter.failures(IP, ALICE, 0.0)
+    keys, watch = authenticator.begin_scram(ALICE, ip=IP, count=0)
+    assert keys is None and watch.locked_out
+    assert authenticator.scram_outcome(watch, 1, ip=IP, service="test") == 0.0
+    assert authenticator.limiter.failures(IP, ALICE, 0.0) == before
+
+
 def test_verification_runs_off_the_event_loop(authenticator: Authenticator) -> None:
     threads: list[str] = []
     real = authenticator._verify

@@ -44,7 +44,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from operator import attrgetter
 from typing import NamedTuple, TypeVar
 
-from homing.auth import Authenticator
+from homing.auth import Authenticator, ScramWatch
 from homing.mail.mime import parse_message
 from homing.net.sessions import SessionIO
 from homing.net.sessions import SessionRegistry as _Registry
@@ -477,9 +477,7 @@ class IMAPSession:
         """The store published a change to the selected mailbox since the last sync."""
         self._wake: asyncio.Future[None] | None = None
         """While idling: resolved when `_dirty` becomes true."""
-        self._scram_user: str | None = None
-        self._scram_failures = 0
-        self._scram_locked = False
+        self._scram: ScramWatch | None = None
         self._read_task: asyncio.Task[bytes] | None = None
         self._io = SessionIO(stream, self.conn)
         self._log_prefix = f"{stream.conn_id} {stream.service}"
@@ -669,31 +667,27 @@ class IMAPSession:
         self._logged_in(result.account, event.mechanism)
 
     def _scram_keys(self, event: core.NeedScramKeys) -> None:
-        locked = self.auth.locked_out(self.stream.peer[0])
-        self._scram_user = event.user
-        self._scram_failures = self.conn.login_failures
-        self._scram_locked = locked
-        try:
-            keys = None if locked else self.auth.scram_keys(event.user)
-        except StoreError as err:
-            log.error("%s store error looking up SCRAM keys: %s", self._log_prefix, err)
-            keys = None
+        count = self.conn.login_failures
+        keys, self._scram = self.auth.begin_scram(event.user, ip=self.stream.peer[0], count=count)
         self.conn.scram_keys(keys)
 
     async def _settle_scram(self) -> None:
         """If a SCRAM exchange just failed, count it and impose its delay."""
-        user = self._scram_user
-        if user is None or self.conn.login_failures <= self._scram_failures:
+        if self._scram is None:
             return
-        self._scram_user = None
-        if self._scram_locked:
-            return
-        delay = self.auth.scram_failed(user, ip=self.stream.peer[0], service=self.stream.service)
-        if delay > 0:
-            await asyncio.sleep(delay)
+        delay = self.auth.scram_outcome(
+            self._scram,
+            self.conn.login_failures,
+            ip=self.stream.peer[0],
+            service=self.stream.service,
+        )
+        if delay is not None:
+            self._scram = None
+            if delay > 0:
+                await asyncio.sleep(delay)
 
     def _authenticated(self, event: core.Authenticated) -> None:
-        self._scram_user = None
+        self._scram = None
         result = self.auth.scram_succeeded(
             event.user, ip=self.stream.peer[0], service=self.stream.service
         )

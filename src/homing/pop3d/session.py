@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from homing.auth import Authenticator
+from homing.auth import Authenticator, ScramWatch
 from homing.net.sessions import SessionIO
 from homing.net.sessions import SessionRegistry as _Registry
 from homing.net.stream import Stream, is_loopback
@@ -108,16 +108,6 @@ class _Maildrop:
     """UID -> size, for the messages of the snapshot."""
 
 
-@dataclass(slots=True)
-class _Scram:
-    """A SCRAM exchange in progress: the core reports a failed proof only as an error
-    (-ERR [AUTH] plus its error count), so the adapter watches the count to see it."""
-
-    user: str
-    errors: int
-    locked_out: bool
-
-
 class POP3Session:
     """One POP3 connection (port 110 with STLS, or 995 with implicit TLS)."""
 
@@ -150,7 +140,7 @@ class POP3Session:
         self._locked: int | None = None  # the account id whose maildrop lock we hold
         self.retrieved = 0
         self.deleted = 0
-        self._scram: _Scram | None = None
+        self._scram: ScramWatch | None = None
         self._ahead: dict[int, bytes] = {}  # read-ahead messages by UID, until RETR'd
         self._unflushed = 0  # message octets queued in the core since the last flush
         self._io = SessionIO(stream, self.conn)
@@ -244,30 +234,22 @@ class POP3Session:
         await self._open(result.account, event.mechanism)
 
     def _scram_keys(self, event: core.NeedScramKeys) -> None:
-        ip = self.stream.peer[0]
-        locked = self.auth.locked_out(ip)
-        self._scram = _Scram(event.user, self.conn.errors, locked)
-        try:
-            keys = None if locked else self.auth.scram_keys(event.user)
-        except StoreError as err:
-            log.error("%s store error looking up SCRAM keys: %s", self._log_prefix, err)
-            keys = None
-        # None (unknown user, or a locked-out IP): the exchange goes on with fake keys, fails.
+        # The core reports a failed proof only as an error (-ERR [AUTH] and its error count).
+        count = self.conn.errors
+        keys, self._scram = self.auth.begin_scram(event.user, ip=self.stream.peer[0], count=count)
         self.conn.scram_keys(keys)
 
     async def _settle_scram(self) -> None:
         """If a SCRAM exchange just failed, count it and impose its delay."""
-        scram = self._scram
-        if scram is None or self.conn.errors <= scram.errors:
+        if self._scram is None:
             return
-        self._scram = None
-        if scram.locked_out:
-            return
-        delay = self.auth.scram_failed(
-            scram.user, ip=self.stream.peer[0], service=self.stream.service
+        delay = self.auth.scram_outcome(
+            self._scram, self.conn.errors, ip=self.stream.peer[0], service=self.stream.service
         )
-        if delay > 0:
-            await asyncio.sleep(delay)
+        if delay is not None:
+            self._scram = None
+            if delay > 0:
+                await asyncio.sleep(delay)
 
     async def _authenticated(self, event: core.Authenticated) -> None:
         self._scram = None
