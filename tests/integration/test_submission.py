@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import signal
 import smtplib
 import ssl
 import subprocess
@@ -264,3 +265,34 @@ def test_config_grants_and_hidden_client(make_server: Callable[..., Server]) -> 
     head = server.message(BOB, 1).split(b"\r\n\r\n", 1)[0]
     assert b"Received: by mx.local.test (Homing) with ESMTPSA id" in head
     assert b"127.0.0.1" not in head and b"laptop.example" not in head
+
+
+def test_sigterm_reaches_a_session_busy_in_a_password_check(
+    make_server: Callable[..., Server],
+) -> None:
+    """A session that is not waiting for a command when the drain begins (here: held by the
+    brute-force slowdown after its fourth wrong password) is told 421 4.3.2 as soon as it
+    next waits for one, not after its command timeout."""
+    server = make_server(
+        {**SUBMISSION, "auth": {"failures_per_ip": 100, "failure_delay": "2s", "lockout": "30s"}}
+    )
+    server.add_account(ALICE, PASSWORD)
+    smtp = smtplib.SMTP(*server.address("submission"), timeout=15)
+    try:
+        smtp.starttls(context=tls_context())
+        smtp.ehlo()
+        wrong = base64.b64encode(f"\0{ALICE}\0wrong".encode()).decode()
+        for _ in range(3):
+            assert smtp.docmd("AUTH", f"PLAIN {wrong}")[0] == 535
+        smtp.send(f"AUTH PLAIN {wrong}\r\n".encode())  # answered only after the slowdown
+        time.sleep(0.5)
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        assert smtp.getreply()[0] == 535
+        code, text = smtp.getreply()
+        assert (code, text[:5]) == (421, b"4.3.2")
+        assert time.monotonic() - start < 5.0  # the slowdown, not the 5-minute timeout
+    finally:
+        smtp.close()
+    assert server.stop() == 0

@@ -108,8 +108,11 @@ class SMTPSession:
                     deadline_progress = conn.progress
                     limit = self.timeouts.data if conn.reading_data else self.timeouts.command
                     deadline = time.monotonic() + limit
-                # No `draining=`: a drain ends an SMTP session after its message.
-                data = await self._io.read(deadline)
+                # A session busy when the drain began (a password check, say) was not woken:
+                # it sees the drain here, unless a message is under way (that one finishes
+                # first and is told after it, as the idle ones are by `interrupt_if_idle`).
+                draining = self.registry.draining and not conn.in_message
+                data = await self._io.read(deadline, draining=draining)
                 if data is None:
                     continue
                 conn.receive_data(data)
