@@ -164,6 +164,22 @@ def _flag_set(mask: int, keywords: str) -> frozenset[str]:
     return names.flag_set(mask, keywords)
 
 
+def _mailbox_uids(mailbox_id: int, wanted: list[int]) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause (and its parameters) for the messages `m` of a mailbox with the UIDs
+    `wanted` (sorted, distinct, not empty): a contiguous run (the common `1:*`) is a range
+    scan of the (mailbox_id, uid) index, any other set goes through `json_each`."""
+    if wanted[-1] - wanted[0] + 1 == len(wanted):
+        return " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?", (
+            mailbox_id,
+            wanted[0],
+            wanted[-1],
+        )
+    return " WHERE m.mailbox_id = ? AND m.uid IN (SELECT value FROM json_each(?))", (
+        mailbox_id,
+        json.dumps(wanted),
+    )
+
+
 def _uid_list(uids: Iterable[int]) -> list[int]:
     return sorted({int(u) for u in uids})
 
@@ -1088,14 +1104,8 @@ class Store:
             if inline:
                 columns.append("d.data")
                 joins += " LEFT JOIN body_data d ON d.id = m.body_id"
-        sql = f"SELECT {', '.join(columns)} FROM messages m{joins} WHERE m.mailbox_id = ?"
-        params: tuple[Any, ...]
-        if wanted[-1] - wanted[0] + 1 == len(wanted):
-            sql += " AND m.uid BETWEEN ? AND ?"
-            params = (mailbox_id, wanted[0], wanted[-1])
-        else:
-            sql += " AND m.uid IN (SELECT value FROM json_each(?))"
-            params = (mailbox_id, json.dumps(wanted))
+        where, params = _mailbox_uids(mailbox_id, wanted)
+        sql = f"SELECT {', '.join(columns)} FROM messages m{joins}{where}"
         with self._read() as conn:
             rows = _rows(conn, sql + " ORDER BY m.uid", params)
             if data and not inline:
@@ -1115,15 +1125,10 @@ class Store:
         sql = (
             "SELECT m.uid, m.modseq, m.flags, m.keywords, m.internaldate, m.size,"
             " b.envelope, b.bodystructure, b.body_nx, b.partmap"
-            " FROM messages m JOIN bodies b ON b.id = m.body_id WHERE m.mailbox_id = ?"
+            " FROM messages m JOIN bodies b ON b.id = m.body_id"
         )
-        params: tuple[Any, ...]
-        if wanted[-1] - wanted[0] + 1 == len(wanted):
-            sql += " AND m.uid BETWEEN ? AND ?"
-            params = (mailbox_id, wanted[0], wanted[-1])
-        else:
-            sql += " AND m.uid IN (SELECT value FROM json_each(?))"
-            params = (mailbox_id, json.dumps(wanted))
+        where, params = _mailbox_uids(mailbox_id, wanted)
+        sql += where
         with self._read() as conn:
             rows = _rows(conn, sql + " ORDER BY m.uid", params)
         flag_set = _flag_set
@@ -1149,12 +1154,8 @@ class Store:
             sql += ", d.data FROM messages m LEFT JOIN body_data d ON d.id = m.body_id"
         else:
             sql += " FROM messages m"
-        if wanted[-1] - wanted[0] + 1 == len(wanted):
-            sql += " WHERE m.mailbox_id = ? AND m.uid BETWEEN ? AND ?"
-            params: tuple[Any, ...] = (mailbox_id, wanted[0], wanted[-1])
-        else:
-            sql += " WHERE m.mailbox_id = ? AND m.uid IN (SELECT value FROM json_each(?))"
-            params = (mailbox_id, json.dumps(wanted))
+        where, params = _mailbox_uids(mailbox_id, wanted)
+        sql += where
         with self._read() as conn:
             rows = _rows(conn, sql, params)
             if not inline:

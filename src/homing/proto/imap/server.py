@@ -71,7 +71,7 @@ import enum
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import cast, get_args
 
 from homing.proto import sasl
 from homing.proto.imap import responses as r
@@ -431,29 +431,6 @@ class Closed:
     reason: str
 
 
-Event = (
-    StartTLS
-    | CheckPassword
-    | NeedScramKeys
-    | Authenticated
-    | SelectMailbox
-    | CreateMailbox
-    | DeleteMailbox
-    | RenameMailbox
-    | SetSubscribed
-    | ListMailboxes
-    | GetStatus
-    | AppendMessages
-    | FetchMessages
-    | SearchMessages
-    | StoreFlags
-    | CopyMessages
-    | ExpungeMessages
-    | Poll
-    | Idle
-    | Closed
-    | _NeedData
-)
 _StoreEvent = (
     SelectMailbox
     | CreateMailbox
@@ -469,6 +446,16 @@ _StoreEvent = (
     | CopyMessages
     | ExpungeMessages
     | Poll
+)
+Event = (
+    StartTLS
+    | CheckPassword
+    | NeedScramKeys
+    | Authenticated
+    | _StoreEvent
+    | Idle
+    | Closed
+    | _NeedData
 )
 _Verdict = CheckPassword | NeedScramKeys | Authenticated | _StoreEvent
 
@@ -2138,22 +2125,7 @@ _SASL_REFUSALS: dict[sasl.ErrorKind, Response] = {
     "authzid": r.AUTHZ_FAILED,
     "too_long": r.AUTH_LINE_TOO_LONG,
 }
-_STORE_EVENTS: tuple[type, ...] = (
-    SelectMailbox,
-    CreateMailbox,
-    DeleteMailbox,
-    RenameMailbox,
-    SetSubscribed,
-    ListMailboxes,
-    GetStatus,
-    AppendMessages,
-    FetchMessages,
-    SearchMessages,
-    StoreFlags,
-    CopyMessages,
-    ExpungeMessages,
-    Poll,
-)
+_STORE_EVENTS: tuple[type, ...] = get_args(_StoreEvent)
 _NAMES: dict[type, str] = {
     CreateMailbox: "CREATE",
     DeleteMailbox: "DELETE",
