@@ -42,7 +42,7 @@ def peak_rss_kib(pid: int) -> int:
     return 0
 
 
-def start_homing(base: Path) -> tuple[subprocess.Popen[bytes], tuple[str, int]]:
+def start_homing(base: Path, workers: int = 0) -> tuple[subprocess.Popen[bytes], tuple[str, int]]:
     data = base / "data"
     subprocess.run(
         [
@@ -69,6 +69,8 @@ def start_homing(base: Path) -> tuple[subprocess.Popen[bytes], tuple[str, int]]:
             line = f'{key} = ["127.0.0.1:0"]' if key == "smtp" else f"{key} = []"
         if key == "connections_per_ip":
             line = "connections_per_ip = 1000"  # every bench connection comes from 127.0.0.1
+        if key == "workers":
+            line = f"workers = {workers}"
         lines.append(line)
     config.write_text("\n".join(lines) + "\n")
     subprocess.run(

@@ -1,6 +1,9 @@
 """Composition root: builds store, router and listeners from the config; signals; shutdown.
 
-`serve(config)` is what `homing serve` runs. `App` is also used in-process by tests.
+`serve(config)` is what `homing serve` runs. `App` is also used in-process by tests. The
+same `App` runs an SMTP worker process (`worker=`, see homing.workers): then it serves only
+port 25, on the sockets the main process handed down, and tells the main process what it
+delivered.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -31,6 +35,7 @@ from homing.router import Router
 from homing.smtpd.session import SessionRegistry, SMTPSession, Timeouts
 from homing.smtpd.submission import SubmissionSession
 from homing.store import Store
+from homing.workers import WorkerArgs, WorkerLink, WorkerPool, worker_command
 
 log = logging.getLogger("homing")
 
@@ -38,10 +43,13 @@ log = logging.getLogger("homing")
 SHUTDOWN_GRACE = 30.0
 
 
-def setup_logging(level: str) -> None:
-    """One line per event on stderr."""
+def setup_logging(level: str, *, tag: str = "") -> None:
+    """One line per event on stderr; `tag` (e.g. "worker=2") goes before each message."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    prefix = f"{tag} " if tag else ""
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s %(name)s {prefix}%(message)s")
+    )
     root = logging.getLogger("homing")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -51,13 +59,21 @@ def setup_logging(level: str) -> None:
 class App:
     """One running Homing instance."""
 
-    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, config: Config, *, clock: Clock | None = None, worker: WorkerLink | None = None
+    ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.store = Store.open(config.db_path, create=True, clock=self.clock)
-        for domain in config.domains:
-            if not self.store.has_domain(domain):
-                self.store.add_domain(domain)
+        self.worker = worker
+        """Set in an SMTP worker process: its link to the main process."""
+        self.store = Store.open(config.db_path, create=worker is None, clock=self.clock)
+        if worker is None:
+            for domain in config.domains:
+                if not self.store.has_domain(domain):
+                    self.store.add_domain(domain)
+        self.workers: WorkerPool | None = None
+        """The SMTP worker processes, in the main process when `[smtp] workers` is set."""
+        self._smtp_sockets: list[socket.socket] = []
         self.tls = self._load_tls()
         self.router = Router(self.store, config, self.clock)
         self.queue: QueueRunner = build_runner(self.store, config, self.clock, self.router)
@@ -172,19 +188,22 @@ class App:
 
         return handle
 
-    def services(self) -> list[ServiceSpec]:
+    def _smtp_spec(self, sockets: list[socket.socket] | None = None) -> ServiceSpec:
+        return ServiceSpec(
+            name="smtp",
+            addresses=self.config.listen.smtp,
+            handler=self._smtp_handler,
+            per_ip_limit=self.config.limits.connections_per_ip,
+            over_limit=codes.TOO_MANY_CONNECTIONS.to_bytes(),
+            sockets=sockets or (),
+        )
+
+    def services(self, *, smtp: bool = True) -> list[ServiceSpec]:
+        """Every configured service; `smtp=False` leaves out port 25 (workers serve it)."""
         listen = self.config.listen
         specs = []
-        if listen.smtp:
-            specs.append(
-                ServiceSpec(
-                    name="smtp",
-                    addresses=listen.smtp,
-                    handler=self._smtp_handler,
-                    per_ip_limit=self.config.limits.connections_per_ip,
-                    over_limit=codes.TOO_MANY_CONNECTIONS.to_bytes(),
-                )
-            )
+        if listen.smtp and smtp:
+            specs.append(self._smtp_spec())
         for name, implicit, handler in (
             ("pop3", False, self._pop3_plain),
             ("pop3s", True, self._pop3_tls),
@@ -232,17 +251,58 @@ class App:
                 )
         return specs
 
+    def _worker_count(self) -> int:
+        count = self.config.smtp.workers if self.config.listen.smtp else 0
+        if count and self.config.config_path is None:
+            log.warning("[smtp] workers needs a configuration file; port 25 stays in-process")
+            return 0
+        return count
+
     async def start(self) -> None:
-        await self.listeners.start(self.services())
+        if self.worker is not None:
+            await self._start_worker(self.worker)
+            return
+        count = self._worker_count()
+        if count:
+            self._smtp_sockets = await self.listeners.bind("smtp", self.config.listen.smtp)
+        try:
+            await self.listeners.start(self.services(smtp=not count))
+            if count:
+                assert self.config.config_path is not None
+                self.workers = WorkerPool(
+                    count,
+                    worker_command(self.config.config_path),
+                    on_changes=self.store.publish_external,
+                    on_queued=self.store.spool.notify_external,
+                )
+                await self.workers.start(self._smtp_sockets)
+        except BaseException:
+            for sock in self._smtp_sockets:
+                sock.close()
+            raise
         await self.queue.start()
-        self._write_run_file(self.listeners.bound())
+        bound = self.listeners.bound()
+        if self._smtp_sockets:
+            bound["smtp"] = [
+                (str(name[0]), int(name[1]))
+                for name in (sock.getsockname() for sock in self._smtp_sockets)
+            ]
+        self._write_run_file(bound)
+
+    async def _start_worker(self, link: WorkerLink) -> None:
+        await self.listeners.start([self._smtp_spec(link.sockets)])
+        self.store.subscribe(link.committed)
+        self.store.spool.subscribe(link.queued)
+        link.ready()
 
     def _write_run_file(self, bound: dict[str, list[tuple[str, int]]]) -> None:
-        """run/listeners.json: the real addresses (port 0 resolved), for scripts and tests."""
+        """run/listeners.json: the real addresses (port 0 resolved), for scripts and tests,
+        and the PIDs of the SMTP workers."""
         run = self.config.run_dir
         run.mkdir(parents=True, exist_ok=True)
         tmp = run / "listeners.json.tmp"
-        tmp.write_text(json.dumps({"pid": os.getpid(), "listeners": bound}))
+        workers = self.workers.pids() if self.workers is not None else []
+        tmp.write_text(json.dumps({"pid": os.getpid(), "listeners": bound, "workers": workers}))
         tmp.replace(run / "listeners.json")
 
     async def stop(self) -> None:
@@ -250,13 +310,25 @@ class App:
         self.smtp_sessions.drain()
         self.pop3_sessions.drain()
         self.imap.drain()
+        workers = (
+            asyncio.ensure_future(self.workers.stop(SHUTDOWN_GRACE))
+            if self.workers is not None
+            else None
+        )
         await self.listeners.stop(grace=SHUTDOWN_GRACE)
+        if workers is not None:
+            await workers
+        for sock in self._smtp_sockets:
+            sock.close()
         await self.queue.stop()
         self.auth.close()
         self.imap.close()
         self.store.close()
-        with contextlib.suppress(FileNotFoundError):
-            (self.config.run_dir / "listeners.json").unlink()
+        if self.worker is not None:
+            self.worker.close()
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                (self.config.run_dir / "listeners.json").unlink()
         self.stopped.set()
 
     def reload(self) -> None:
@@ -270,6 +342,8 @@ class App:
         else:
             self.tls = self._load_tls()
             self.imap.tls = self.tls
+        if self.workers is not None:
+            self.workers.signal(signal.SIGHUP)
 
 
 async def run_until_signalled(app: App) -> None:
@@ -278,9 +352,16 @@ async def run_until_signalled(app: App) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app.reload)
-    loop.add_signal_handler(signal.SIGUSR1, app.queue.wake)  # `homing queue retry`
+    if app.worker is None:
+        loop.add_signal_handler(signal.SIGUSR1, app.queue.wake)  # `homing queue retry`
+    else:
+        loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+        app.worker.watch_closed(loop, stop.set)  # the main process is gone: stop too
     await app.start()
-    log.info("homing ready pid=%d", os.getpid())
+    if app.worker is None:
+        log.info("homing ready pid=%d", os.getpid())
+    else:
+        log.info("SMTP worker %d ready pid=%d", app.worker.index, os.getpid())
     await stop.wait()
     await app.stop()
 
@@ -298,19 +379,21 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-def serve(config: Config) -> int:
-    """Run every configured listener in the foreground until SIGTERM/SIGINT."""
-    setup_logging(config.log.level)
+def serve(config: Config, *, worker: WorkerArgs | None = None) -> int:
+    """Run every configured listener in the foreground until SIGTERM/SIGINT; with `worker`,
+    run as an SMTP worker process of a main `homing serve` (homing.workers)."""
+    setup_logging(config.log.level, tag=f"worker={worker.index}" if worker else "")
     factory = loop_factory()
-    log.info(
-        "starting homing hostname=%s data=%s uvloop=%s",
-        config.hostname,
-        config.data_dir,
-        factory is not None,
-    )
+    if worker is None:
+        log.info(
+            "starting homing hostname=%s data=%s uvloop=%s",
+            config.hostname,
+            config.data_dir,
+            factory is not None,
+        )
 
     async def main() -> None:
-        app = App(config)
+        app = App(config, worker=WorkerLink(worker) if worker is not None else None)
         await run_until_signalled(app)
 
     try:

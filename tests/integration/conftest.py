@@ -25,6 +25,16 @@ DOMAIN = "local.test"
 POP3_LISTEN = {"pop3": ["127.0.0.1:0"], "pop3s": ["127.0.0.1:0"]}
 
 
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
 def toml_dump(data: dict[str, Any]) -> str:
     """Enough TOML for a homing.toml: scalars, lists of scalars, one level of tables."""
 

@@ -37,7 +37,7 @@ from homing.router import Envelope, Resolution, Router
 from homing.store import Store, make_credentials
 from tests import dnsserver
 from tests.dnsserver import DNSServer
-from tests.integration.conftest import DOMAIN, Server, require_tool
+from tests.integration.conftest import DOMAIN, Server, require_tool, wait_for
 
 make_dns_server = dnsserver.make_dns_server
 
@@ -51,16 +51,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
 # --------------------------------------------------------------------------- smtp-sink

@@ -24,6 +24,7 @@ from homing.cli.main import cli, main
 from homing.config import ListenAddress, load_config
 from homing.mail.mime import parse_message
 from homing.store import NewMessage, Store, make_credentials, verify_password
+from homing.workers import WorkerArgs
 
 HOMING = Path(sys.executable).parent / "homing"
 
@@ -491,14 +492,17 @@ def test_serve_calls_the_app(homing: Homing, monkeypatch: pytest.MonkeyPatch) ->
 
     seen: list[Any] = []
 
-    def fake_serve(config: Any) -> int:
-        seen.append(config)
+    def fake_serve(config: Any, *, worker: Any = None) -> int:
+        seen.append((config, worker))
         return 3
 
     monkeypatch.setattr(app_module, "serve", fake_serve)
     result = homing.run("serve")
     assert result.exit_code == 3
-    assert seen[0] == load_config(homing.config_path)
+    assert seen[0] == (load_config(homing.config_path), None)
+    result = homing.run("serve", "--worker", "2:7:5,6")
+    assert result.exit_code == 3
+    assert seen[1] == (load_config(homing.config_path), WorkerArgs(2, 7, (5, 6)))
 
 
 def _commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:

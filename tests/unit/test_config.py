@@ -248,6 +248,7 @@ ERRORS: list[tuple[dict[str, Any], str, str]] = [
     ({**H, "smtp": {"greet_pause": -1}}, "smtp.greet_pause", "non-negative"),
     ({**H, "smtp": {"greet_pause": math.nan}}, "smtp.greet_pause", "finite"),
     ({**H, "smtp": {"max_received_headers": 0}}, "smtp.max_received_headers", "from 1 to"),
+    ({**H, "smtp": {"workers": 65}}, "smtp.workers", "from 0 to 64"),
     ({**H, "smtp": {"banner": "a\r\nb"}}, "smtp.banner", "printable ASCII"),
     ({**H, "smtp": {"banner": "x" * 201}}, "smtp.banner", "at most 200"),
     ({**H, "smtp": {"banner": 1}}, "smtp.banner", "must be a string"),
@@ -596,6 +597,7 @@ def configs(draw: st.DrawFn) -> Config:
             greet_pause=draw(st.floats(0, 300)),
             max_received_headers=draw(st.integers(1, 1000)),
             banner=draw(st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)),
+            workers=draw(st.integers(0, 64)),
         ),
         dns=DNSConfig(
             nameservers=tuple(

@@ -3,6 +3,8 @@ the writer's throughput (printed with `pytest -s`)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -233,3 +235,34 @@ def test_throughput(store: Store, acct: int) -> None:
     mb = store.get_mailbox(acct, "INBOX")
     assert mb is not None and mb.messages == total
     assert total / used >= 2  # batching happened
+
+
+def test_writers_of_several_stores_take_turns_on_the_lock_file(
+    store: Store, acct: int, tmp_path: Path
+) -> None:
+    """Every writer holds `<db>.lock` for its transaction: while someone else holds it, a
+    commit waits (it neither fails nor slips past), and goes through once it is released."""
+    lock = os.open(str(store.path) + ".lock", os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pending = store.deliver([message(acct, 1)])
+        time.sleep(0.3)
+        assert not pending.done(), "a commit went ahead while another writer held the lock"
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        assert pending.result(10)[0].uid == 1
+    finally:
+        os.close(lock)
+
+
+def test_two_stores_writing_at_once_lose_nothing(store: Store, acct: int) -> None:
+    """Two stores on one file (as two processes would be) deliver concurrently: every
+    delivery commits, with distinct UIDs, and no "database is locked" error."""
+    with Store.open(store.path) as other:
+        futures = []
+        for n in range(200):
+            target = store if n % 2 else other
+            futures.append(target.deliver([message(acct, n)]))
+        uids = [future.result(30)[0].uid for future in futures]
+    assert sorted(uids) == list(range(1, 201))
+    mb = store.get_mailbox(acct, "INBOX")
+    assert mb is not None and mb.messages == 200

@@ -8,9 +8,10 @@ from homing.cli._common import State, pass_state
 
 
 @click.command()
+@click.option("--worker", "worker", hidden=True, help="Internal: run as an SMTP worker process.")
 @pass_state
 @click.pass_context
-def serve(ctx: click.Context, state: State) -> None:
+def serve(ctx: click.Context, state: State, worker: str | None) -> None:
     """Run the mail server in the foreground.
 
     Starts every listener of the [listen] table (SMTP, submission, IMAP, POP3).
@@ -22,5 +23,6 @@ def serve(ctx: click.Context, state: State) -> None:
     # Imported here: the server pulls in asyncio, TLS and every protocol, which the other
     # commands do not need.
     from homing.app import serve as run
+    from homing.workers import WorkerArgs
 
-    ctx.exit(run(config))
+    ctx.exit(run(config, worker=WorkerArgs.parse(worker) if worker else None))

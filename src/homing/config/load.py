@@ -656,6 +656,11 @@ _SECTIONS = (
                 "more Received headers than this is a mail loop (RFC 5321 §6.3)",
             ),
             _Key("banner", _Text(200), "text after the hostname in the 220 greeting"),
+            _Key(
+                "workers",
+                _Integer(0, 64),
+                "worker processes that serve port 25 instead of the main process (0: none)",
+            ),
         ),
         "The receiving SMTP server (port 25).",
     ),

@@ -96,6 +96,8 @@ class SMTPConfig:
     """More Received headers than this is a loop (RFC 5321 §6.3): 554 5.4.0."""
     banner: str = "ESMTP Homing"
     """Text after the hostname in the 220 greeting."""
+    workers: int = 0
+    """Worker processes that serve port 25 (`homing.workers`); 0: the main process does."""
 
 
 @dataclass(frozen=True, slots=True)

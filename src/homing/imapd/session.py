@@ -150,6 +150,8 @@ class MailboxWatcher:
             pass
 
     def _dispatch(self, mailbox_ids: set[int]) -> None:
+        if 0 in mailbox_ids:  # an "unknown" change: every watched mailbox looks again
+            mailbox_ids = set(self._watchers)
         for mailbox_id in mailbox_ids:
             for callback in list(self._watchers.get(mailbox_id, ())):
                 callback()

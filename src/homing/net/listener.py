@@ -58,6 +58,9 @@ class ServiceSpec:
     write_timeout: float | None = 300.0
     """Seconds a write may wait for a peer that does not read before the connection is
     aborted (RFC 5321 §4.5.3.2 gives servers 5 minutes per exchange); None waits forever."""
+    sockets: Sequence[socket.socket] = ()
+    """Sockets already listening, to accept on instead of binding `addresses`: an SMTP
+    worker process's inherited copies of the main process's port 25 sockets."""
 
 
 class Listeners:
@@ -103,8 +106,13 @@ class Listeners:
                 if spec.implicit_tls and self._tls is None:
                     raise ValueError(f"service {spec.name} uses TLS but no certificate is set")
                 factory = functools.partial(self._new_stream, spec, loop)
-                for address in spec.addresses:
-                    sockets = await self._bind(loop, spec.name, address)
+                sources: Sequence[ListenAddress | None] = [None] if spec.sockets else spec.addresses
+                for address in sources:
+                    sockets = (
+                        list(spec.sockets)
+                        if address is None
+                        else await self._bind(loop, spec.name, address)
+                    )
                     for index, sock in enumerate(sockets):
                         try:
                             server = await loop.create_server(
@@ -135,6 +143,23 @@ class Listeners:
                 name = sock.getsockname()
                 result.setdefault(service, []).append((str(name[0]), int(name[1])))
         return result
+
+    async def bind(self, service: str, addresses: Sequence[ListenAddress]) -> list[socket.socket]:
+        """Listening sockets for `addresses`, not accepted on here (the main process binds
+        port 25 for its SMTP worker processes this way). All or nothing, as `start`."""
+        loop = asyncio.get_running_loop()
+        sockets: list[socket.socket] = []
+        try:
+            for address in addresses:
+                sockets.extend(await self._bind(loop, service, address))
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        for sock in sockets:
+            host, port = sock.getsockname()[:2]
+            self._logger.info("listening service=%s address=%s", service, _hostport(host, port))
+        return sockets
 
     @property
     def draining(self) -> asyncio.Event:

@@ -113,10 +113,11 @@ class Change:
 
     kind "new": messages with `uids` arrived; "flags": their flags changed; "expunge": they
     were removed; "mailbox": the mailbox was created, deleted, renamed or (un)subscribed
-    (`uids` is empty).
+    (`uids` is empty); "unknown": another process changed something and what was lost
+    (`Store.publish_external`; ids are 0): anything may have changed.
     """
 
-    kind: Literal["new", "flags", "expunge", "mailbox"]
+    kind: Literal["new", "flags", "expunge", "mailbox", "unknown"]
     account_id: int
     mailbox_id: int
     uids: tuple[int, ...]

@@ -341,6 +341,10 @@ class Spool:
     def _fire(self, future: Future[Any]) -> None:
         if future.cancelled() or future.exception() is not None:
             return
+        self.notify_external()
+
+    def notify_external(self) -> None:
+        """Tell the subscribers now: another process (an SMTP worker) committed entries."""
         with self._lock:
             listeners = list(self._listeners)
         for callback in listeners:

@@ -265,7 +265,11 @@ class Store:
         self._subscribers: list[Callable[[list[Change]], None]] = []
         self._closed = False
         self._writer = Writer(
-            conn, publish=self._publish, max_jobs=max_batch_jobs, max_bytes=max_batch_bytes
+            conn,
+            publish=self._publish,
+            lock_path=path.with_name(path.name + ".lock"),
+            max_jobs=max_batch_jobs,
+            max_bytes=max_batch_bytes,
         )
         self.spool = Spool(self)
         """The outbound queue (homing.store.spool)."""
@@ -393,6 +397,12 @@ class Store:
                 callback(changes)
             except Exception:
                 log.exception("store change subscriber failed")
+
+    def publish_external(self, changes: list[Change]) -> None:
+        """Hand `changes` another process committed to this store (an SMTP worker's
+        deliveries, told over its link) to this process's subscribers, on the caller's
+        thread."""
+        self._publish(changes)
 
     def subscribe(self, callback: Callable[[list[Change]], None]) -> Callable[[], None]:
         """Call `callback` with the changes of each commit, on the writer thread, after the

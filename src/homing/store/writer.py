@@ -14,15 +14,25 @@ Some SQLite errors (disk full, I/O error) roll back the whole transaction rather
 statement. Then the job that hit it fails and the rest of the batch is run again in a new
 transaction; the batch shrinks by one each time, so this ends. If COMMIT itself fails, every
 job of the batch fails: nothing of it was made durable.
+
+Several processes may write to one store (SMTP worker processes, the command line). Each
+writer holds an exclusive `flock` on the store's lock file (`<db>.lock`) from BEGIN to
+COMMIT: the kernel hands the lock to the next waiter the moment it is released, where
+SQLite's own busy handler would poll, sleeping 1, 2, 5, 10... ms between tries. The lock is
+advisory and only orders Homing's writers; SQLite's locks still guard the file (its busy
+timeout covers any other writer, such as the sqlite3 shell).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -54,6 +64,20 @@ class _Job(Generic[T]):
         self.future: Future[T] = Future()
 
 
+def _open_lock(path: os.PathLike[str] | str) -> int | None:
+    """The lock file's descriptor (created if need be), or None if it cannot be opened
+    (a read-only directory): then SQLite's busy handler alone orders the writers. Opened
+    read-only: flock needs no write access, so a lock file created by root's `homing`
+    command still serves the mail user's server."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        log.warning(
+            "store writer: no lock file %s (%s); relying on SQLite's busy timeout", path, exc
+        )
+        return None
+
+
 def translate(exc: BaseException) -> BaseException:
     """sqlite3 errors become StoreError (the original kept as the cause)."""
     if isinstance(exc, sqlite3.Error):
@@ -71,6 +95,7 @@ class Writer:
         conn: sqlite3.Connection,
         *,
         publish: Callable[[list[Change]], None],
+        lock_path: os.PathLike[str] | str | None = None,
         max_jobs: int = 256,
         max_bytes: int = 8 * 1024 * 1024,
         vacuum_after: int = 4 * 1024 * 1024,
@@ -83,6 +108,7 @@ class Writer:
         self._vacuum_after = vacuum_after
         self._vacuum_pages = vacuum_pages
         self._freed = 0
+        self._lock_fd = _open_lock(lock_path) if lock_path is not None else None
         self._queue: collections.deque[_Job[Any]] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -111,6 +137,9 @@ class Writer:
             self._cond.notify()
         if threading.current_thread() is not self._thread:
             self._thread.join()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     # -- the thread -------------------------------------------------------------------------
 
@@ -143,10 +172,31 @@ class Writer:
                     if not job.future.done():
                         job.future.set_exception(translate(exc))
             if self._freed >= self._vacuum_after:
-                self._vacuum()
+                with self._locked():
+                    self._vacuum()
 
     def _run_batch(self, batch: list[_Job[Any]]) -> None:
         pending = [job for job in batch if job.future.set_running_or_notify_cancel()]
+        if not pending:
+            return
+        with self._locked():
+            self._run_pending(pending)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The cross-process write lock, held for one transaction (flock releases the GIL
+        while it waits)."""
+        fd = self._lock_fd
+        if fd is None:
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def _run_pending(self, pending: list[_Job[Any]]) -> None:
         self.stats.largest_batch = max(self.stats.largest_batch, len(pending))
         conn = self._conn
         while pending:
