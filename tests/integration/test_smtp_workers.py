@@ -15,6 +15,7 @@ import re
 import signal
 import smtplib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -253,11 +254,20 @@ def test_a_worker_that_dies_is_started_again(make_server: Callable[..., Server])
     server = make_server({"smtp": {"workers": 1}})
     server.add_account(ALICE)
     [pid] = worker_pids(server)
+    # SIGHUP to the main process reaches the worker, and STARTTLS works there.
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "worker=1 reloaded TLS certificate" in server.log(), what="worker reload")
+    context = ssl.create_default_context(cafile=str(server.cert))
+    context.check_hostname = False
+    with smtplib.SMTP(*server.smtp, timeout=10) as smtp:
+        smtp.starttls(context=context)
+        smtp.sendmail("s@remote.example", [ALICE], message(0))
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: server.log().count("started SMTP worker 1 ") == 2, what="a new worker")
     wait_for(lambda: "SMTP worker 1 ready" in server.log().split(f"pid={pid}")[-1])
     with smtplib.SMTP(*server.smtp, timeout=10) as smtp:
         smtp.sendmail("s@remote.example", [ALICE], message(1))
-    assert inbox_ids(server) == {"<w-1@remote.example>": 1}
+    assert inbox_ids(server) == {"<w-0@remote.example>": 1, "<w-1@remote.example>": 1}
     assert f"SMTP worker 1 pid={pid} exited" in server.log()
     assert server.stop() == 0
