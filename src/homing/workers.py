@@ -345,7 +345,15 @@ class WorkerPool:
         status = await _wait_exit(worker.proc, 10.0)
         if self._stopping:
             return
-        log.error("SMTP worker %d pid=%d exited (status %s)", worker.index, worker.proc.pid, status)
+        # Status 0: it was stopped by someone else's SIGTERM (systemd's KillMode=control-group
+        # signals every process of the service at once; docs/operations.md suggests "mixed").
+        log.log(
+            logging.WARNING if status == 0 else logging.ERROR,
+            "SMTP worker %d pid=%d exited (status %s)",
+            worker.index,
+            worker.proc.pid,
+            status,
+        )
         if not worker.ready.done() or time.monotonic() - worker.started < STABLE:
             self._failures += 1
         else:
