@@ -581,7 +581,8 @@ def relay_to_sink(ctx: Context) -> Iterator[list[Case]]:
     API (bench/relay.py's `fill`) with a next attempt a day ahead, then `homing queue retry
     --all` done in-process (every entry due now, SIGUSR1 to `homing serve`); its queue
     runner relays them through `[outbound] smarthost` = 127.0.0.1:the sink's port without
-    TLS, one SMTP session per destination domain at a time, 100 messages per session.
+    TLS, up to 5 SMTP sessions per destination domain at once (`[queue]
+    destination_concurrency`), up to 100 messages per session.
     Postfix: a second instance whose smtpd puts what it accepts on hold (access(5) HOLD),
     filled by `smtp-source`; released with `postsuper -H ALL` and `postqueue -f`; its own
     smtp(8) client relays to `relayhost = [127.0.0.1]:port` with its default concurrency

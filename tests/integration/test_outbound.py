@@ -664,3 +664,38 @@ def test_end_to_end_submission_to_another_homing_found_by_mx(
     assert b"Return-Path: <alice@local.test>" in message
     with _store_of(local) as store:
         wait_for(lambda: not store.spool.count(), what="the queue to empty")
+
+
+def test_many_messages_for_one_domain_go_over_several_connections_each_once(
+    make_dns_server: Callable[..., DNSServer], make_server: Callable[..., Server]
+) -> None:
+    """40 queued messages for one domain: split over 4 connections of 10 (at most
+    `destination_concurrency` at once), each message delivered once."""
+    port = free_port()
+    remote = make_server(
+        {"hostname": "mx.remote.test", "listen": {"smtp": [f"127.0.0.18:{port}"]}}, name="remote"
+    )
+    remote.cli("domain", "add", "remote.test")
+    remote.add_account("bob@remote.test")
+    dns = make_dns_server(zone([(10, "mx.remote.test")], {"mx.remote.test": "127.0.0.18"}))
+    host, dns_port = dns.address
+    local = make_server(
+        {"dns": {"nameservers": [f"{host}:{dns_port}"]}, "outbound": {"port": port}},
+        name="local",
+        start=False,
+    )
+    _inject(local, ["bob@remote.test"], 40)
+    local.start()
+    with _store_of(remote) as store:
+        wait_for(lambda: _inbox_count(store, "bob@remote.test") == 40, what="all 40 to arrive")
+        subjects = sorted(
+            m.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0]
+            for m in _inbox(store, "bob@remote.test")
+        )
+    assert subjects == [b"message %02d" % n for n in range(40)]
+    with _store_of(local) as store:
+        wait_for(lambda: not store.spool.count(), what="the queue to empty")
+    connections = [
+        line for line in remote.log().splitlines() if "service=smtp" in line and "duration=" in line
+    ]
+    assert len(connections) == 4, connections

@@ -57,6 +57,7 @@ ERRORS: list[tuple[dict[str, Any], str, str]] = [
     ({**H, "queue": {"warn_after": "-1s"}}, "queue.warn_after", "such as"),
     ({**H, "queue": {"give_up_after": "0s"}}, "queue.give_up_after", "positive"),
     ({**H, "queue": {"concurrency": 0}}, "queue.concurrency", "from 1"),
+    ({**H, "queue": {"destination_concurrency": 101}}, "queue.destination_concurrency", "to 100"),
 ]
 
 

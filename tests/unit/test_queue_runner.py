@@ -428,3 +428,82 @@ async def test_concurrency_is_bounded_without_spinning(
         assert store.spool.count() == 0 and peak == 2
     finally:
         await runner.stop()
+
+
+async def test_a_busy_domain_gets_several_connections_and_leaves_room_for_others(
+    store: Store, router: Router, clock: FakeClock
+) -> None:
+    """95 entries for one domain and 1 for another, concurrency 4, at most 3 per domain: the
+    big domain is split over 3 concurrent attempts, the other gets the fourth slot, no entry
+    is ever in two attempts at once, and each is delivered once."""
+    running: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    in_flight: set[str] = set()
+    delivered: list[str] = []
+    release = asyncio.Event()
+
+    async def slow(
+        plan: RoutePlan, jobs: Sequence[Job], settings: AttemptSettings, on_result: OnResult
+    ) -> list[JobResult]:
+        domain = plan.attempts[0].host
+        running[domain] = running.get(domain, 0) + 1
+        peak[domain] = max(peak.get(domain, 0), running[domain])
+        keys = {job.key for job in jobs}
+        assert not keys & in_flight, "an entry was handed to two attempts at once"
+        in_flight.update(keys)
+        await release.wait()
+        await asyncio.sleep(0)
+        results = [JobResult(j.key, [Outcome("delivered", OK, "mx")] * len(j.rcpts)) for j in jobs]
+        for r in results:
+            await on_result(r)
+            delivered.append(r.key)
+        in_flight.difference_update(keys)
+        running[domain] -= 1
+        return results
+
+    zones = {"big.test": {"A": ["192.0.2.10"]}, "small.test": {"A": ["192.0.2.11"]}}
+    for n in range(95):
+        enqueue(store, f"x{n}@big.test", queue_id=f"B{n:03d}")
+    enqueue(store, "y@small.test", queue_id="S1")
+    runner = make_runner(
+        store,
+        router,
+        clock,
+        FakeAttempt(),
+        FakeResolver(zones),
+        concurrency=4,
+        destination_concurrency=3,
+        batch=20,
+    )
+    runner._deliver = slow
+    await runner.start()
+    try:
+        for _ in range(100):
+            if sum(running.values()) == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert running == {"big.test": 3, "small.test": 1}
+        assert len(in_flight) == 3 * 20 + 1  # batches of `batch`, the rest waits its turn
+        release.set()
+        for _ in range(300):
+            if store.spool.count() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert store.spool.count() == 0
+    finally:
+        await runner.stop()
+    assert peak == {"big.test": 3, "small.test": 1}
+    assert sorted(delivered) == sorted({*delivered}) and len(delivered) == 96
+
+
+async def test_a_few_entries_share_one_connection(
+    store: Store, router: Router, clock: FakeClock
+) -> None:
+    """Splitting pays only with at least MIN_PER_TASK entries per connection: 25 entries make
+    3 attempts (10, 10, 5), not 5."""
+    fake = FakeAttempt()
+    for n in range(25):
+        enqueue(store, f"r{n}@remote.test", queue_id=f"F{n:02d}")
+    await make_runner(store, router, clock, fake).run_due()
+    assert sorted(len(jobs) for _, jobs in fake.calls) == [5, 10, 10]
+    assert store.spool.count() == 0

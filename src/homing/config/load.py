@@ -781,7 +781,16 @@ _SECTIONS = (
                 "delay warning to the sender after this long (0: never)",
             ),
             _Key("give_up_after", _Duration(), "return the message to its sender after this long"),
-            _Key("concurrency", _Integer(1, 10000), "domains delivered to at the same time"),
+            _Key(
+                "concurrency",
+                _Integer(1, 10000),
+                "delivery connections open at the same time, all domains together",
+            ),
+            _Key(
+                "destination_concurrency",
+                _Integer(1, 100),
+                "delivery connections open to one domain at the same time",
+            ),
         ),
         "Retries, delay warnings and bounces of queued outbound mail.",
     ),

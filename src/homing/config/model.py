@@ -221,7 +221,9 @@ class QueueConfig:
     give_up_after: float = 5 * 86400.0
     """Return the message to its sender (failure DSN) after this long in the queue."""
     concurrency: int = 20
-    """Destination domains delivered to at the same time."""
+    """Delivery connections open at the same time, all destinations together."""
+    destination_concurrency: int = 5
+    """...of which to one destination domain at most."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,10 +4,13 @@ Theory of operation. The runner sleeps until the earliest `next_attempt` in the 
 most `poll_interval`, so entries changed by another process are noticed), or until it is
 woken: by the store after a commit that queued something (`Spool.subscribe`), by a domain
 task finishing, or by `wake()` (SIGUSR1 from `homing queue retry`). Each time it takes the
-due entries, groups them by destination domain, and starts one task per domain, at most
-`concurrency` at a time and never two for one domain. A domain task looks up the route once
-(`outbound.route`), then hands all its entries to `outbound.attempt.deliver`, which sends
-them over one connection where it can.
+due entries, groups them by destination domain, and starts tasks for them: at most
+`concurrency` at a time in all, and at most `destination_concurrency` for one domain (as
+Postfix's default_destination_concurrency_limit). A domain with many entries due is split
+among several tasks, each taking at least `MIN_PER_TASK` of them (a handful of messages is
+not worth several connections) and at most `batch`; no entry is ever in two tasks. A task
+looks up the route (`outbound.route`), then hands its entries to `outbound.attempt.deliver`,
+which sends them over one connection where it can.
 
 As each entry's fate in the attempt is settled, `bounces.decide` says what follows (new
 recipient states, next attempt, DSNs), the DSN messages are composed and routed by the
@@ -23,8 +26,8 @@ fractions of a second in tests.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import functools
 import logging
 import random
 import ssl
@@ -80,6 +83,10 @@ async def _deliver(
     return await outbound.deliver(plan, jobs, settings, on_result=on_result)
 
 
+#: A domain's entries go to several tasks only when each gets at least this many.
+MIN_PER_TASK = 10
+
+
 @dataclass(frozen=True, slots=True)
 class RunnerSettings:
     """What the runner needs from the configuration."""
@@ -89,6 +96,9 @@ class RunnerSettings:
     policy: SchedulePolicy
     our_names: frozenset[str] = frozenset()
     concurrency: int = 20
+    """Delivery tasks (each one connection at a time) running at once, all domains together."""
+    destination_concurrency: int = 5
+    """...of which for one domain at most."""
     batch: int = 100
     """Entries of one domain handed to one attempt at most."""
     batch_bytes: int = 64 * 1024 * 1024
@@ -123,7 +133,11 @@ class QueueRunner:
         self.sink = sink
         self.rng = rng or random.Random()
         self._deliver = deliver
-        self._active: dict[str, asyncio.Task[None]] = {}
+        self._active: dict[asyncio.Task[None], list[QueueEntry]] = {}
+        """Delivery tasks running, with their entries."""
+        self._per_domain: collections.Counter[str] = collections.Counter()
+        self._inflight: set[str] = set()
+        """Ids of the entries of the running tasks."""
         self._cooldown: dict[str, float] = {}
         """Domains whose last run failed unexpectedly (a bug, a database error), left alone
         until then (clock time) instead of being retried in a tight loop."""
@@ -151,7 +165,7 @@ class QueueRunner:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        tasks = list(self._active.values())
+        tasks = list(self._active)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
@@ -188,18 +202,21 @@ class QueueRunner:
                     await self._wakeup.wait()
 
     def _busy(self) -> set[str]:
-        """Domains not to start now: being delivered, or cooling down after a failure."""
+        """Domains not to start now: with all the tasks they may have, or cooling down after
+        a failure."""
         now = self.clock.now()
         for domain, until in list(self._cooldown.items()):
             if until <= now:
                 del self._cooldown[domain]
-        return set(self._active) | set(self._cooldown)
+        limit = self.settings.destination_concurrency
+        full = {domain for domain, count in self._per_domain.items() if count >= limit}
+        return full | set(self._cooldown)
 
     def _delay(self) -> float:
         """Seconds until something is due that could be started now."""
         if len(self._active) >= self.settings.concurrency:
             return self.settings.poll_interval  # a finishing domain task wakes the loop
-        nxt = self.store.spool.next_due(skip_domains=self._busy())
+        nxt = self.store.spool.next_due(skip_domains=self._busy(), skip_ids=self._inflight)
         if self._cooldown:
             cooled = min(self._cooldown.values())
             nxt = cooled if nxt is None else min(nxt, cooled)
@@ -213,18 +230,36 @@ class QueueRunner:
         if free <= 0 or self._stopping:
             return
         now = self.clock.now()
-        due = self.store.spool.due(now, limit=free * self.settings.batch, skip_domains=self._busy())
+        due = self.store.spool.due(
+            now,
+            limit=free * self.settings.batch,
+            skip_domains=self._busy(),
+            skip_ids=self._inflight,
+        )
         groups: dict[str, list[QueueEntry]] = {}
         for entry in due:
             groups.setdefault(entry.domain, []).append(entry)
-        for domain, entries in list(groups.items())[:free]:
-            batch = self._batch(entries)
-            task = asyncio.create_task(self._domain(domain, batch), name=f"queue {domain}")
-            self._active[domain] = task
-            task.add_done_callback(functools.partial(self._done, domain))
+        limit = self.settings.destination_concurrency
+        for domain, entries in groups.items():
+            slots = min(free, limit - self._per_domain[domain])
+            for batch in self._split(entries, slots):
+                task = asyncio.create_task(self._domain(domain, batch), name=f"queue {domain}")
+                self._active[task] = batch
+                self._per_domain[domain] += 1
+                self._inflight.update(entry.id for entry in batch)
+                task.add_done_callback(self._done)
+                free -= 1
+            if free <= 0:
+                break
 
-    def _done(self, domain: str, _task: object = None) -> None:
-        self._active.pop(domain, None)
+    def _done(self, task: asyncio.Task[None]) -> None:
+        batch = self._active.pop(task, [])
+        if batch:
+            domain = batch[0].domain
+            self._per_domain[domain] -= 1
+            if self._per_domain[domain] <= 0:
+                del self._per_domain[domain]
+            self._inflight.difference_update(entry.id for entry in batch)
         self._wakeup.set()
 
     async def run_due(self) -> int:
@@ -245,21 +280,35 @@ class QueueRunner:
             groups: dict[str, list[QueueEntry]] = {}
             for entry in fresh:
                 groups.setdefault(entry.domain, []).append(entry)
-            batches = [self._batch(entries) for entries in groups.values()]
+            limit = self.settings.destination_concurrency
+            batches = [b for entries in groups.values() for b in self._split(entries, limit)]
             for batch in batches:
                 seen.update(e.id for e in batch)
                 handled += len(batch)
             await asyncio.gather(*(self._domain(b[0].domain, b) for b in batches))
 
-    def _batch(self, entries: list[QueueEntry]) -> list[QueueEntry]:
-        """The first entries of a domain that one attempt takes: at most `batch` of them
-        and `batch_bytes` in all (the first always); the rest stays due for the next."""
+    def _split(self, entries: list[QueueEntry], slots: int) -> list[list[QueueEntry]]:
+        """At most `slots` batches of one domain's entries, one per task: as even as they
+        come, at least `MIN_PER_TASK` entries each (the last may have fewer) and at most
+        `batch` entries and `batch_bytes` (the first of a batch always goes). What does not
+        fit stays due for the next dispatch."""
+        per = max(MIN_PER_TASK, -(-len(entries) // max(slots, 1)))
+        per = min(per, self.settings.batch)
+        batches: list[list[QueueEntry]] = []
+        rest = entries
+        while rest and len(batches) < slots:
+            batch = self._batch(rest, per)
+            batches.append(batch)
+            rest = rest[len(batch) :]
+        return batches
+
+    def _batch(self, entries: list[QueueEntry], most: int) -> list[QueueEntry]:
+        """The first entries that one attempt takes: at most `most` of them and
+        `batch_bytes` in all (the first always)."""
         taken: list[QueueEntry] = []
         size = 0
         for entry in entries:
-            if taken and (
-                len(taken) >= self.settings.batch or size + entry.size > self.settings.batch_bytes
-            ):
+            if taken and (len(taken) >= most or size + entry.size > self.settings.batch_bytes):
                 break
             taken.append(entry)
             size += entry.size
@@ -512,6 +561,7 @@ def build_runner(
         policy=policy,
         our_names=frozenset({config.hostname, helo}),
         concurrency=queue.concurrency,
+        destination_concurrency=queue.destination_concurrency,
         port=out.port,
         max_mx=out.max_mx,
         ipv6=out.ipv6,

@@ -356,28 +356,41 @@ class Spool:
     # -- reading ------------------------------------------------------------------------
 
     def due(
-        self, now: float, *, limit: int = 1000, skip_domains: Iterable[str] = ()
+        self,
+        now: float,
+        *,
+        limit: int = 1000,
+        skip_domains: Iterable[str] = (),
+        skip_ids: Iterable[str] = (),
     ) -> list[QueueEntry]:
         """Entries not held whose next attempt is at or before `now`, oldest due first,
-        leaving out `skip_domains` (those being delivered right now)."""
+        leaving out the domains `skip_domains` and the entries `skip_ids` (those being
+        delivered right now)."""
         skip = json.dumps(sorted(skip_domains))
+        busy = json.dumps(sorted(skip_ids))
         with self._store._read() as conn:
             rows = conn.execute(
                 f"SELECT {_ENTRY_COLUMNS} FROM queue WHERE held = 0 AND next_attempt <= ?"
                 " AND domain NOT IN (SELECT value FROM json_each(?))"
+                " AND entry NOT IN (SELECT value FROM json_each(?))"
                 " ORDER BY next_attempt, id LIMIT ?",
-                (now, skip, limit),
+                (now, skip, busy, limit),
             ).fetchall()
             return _load(conn, rows)
 
-    def next_due(self, *, skip_domains: Iterable[str] = ()) -> float | None:
-        """The earliest next attempt of an entry not held, or None if there is none."""
+    def next_due(
+        self, *, skip_domains: Iterable[str] = (), skip_ids: Iterable[str] = ()
+    ) -> float | None:
+        """The earliest next attempt of an entry not held (nor among the skipped, as for
+        `due`), or None if there is none."""
         skip = json.dumps(sorted(skip_domains))
+        busy = json.dumps(sorted(skip_ids))
         with self._store._read() as conn:
             ((when,),) = conn.execute(
                 "SELECT MIN(next_attempt) FROM queue WHERE held = 0"
-                " AND domain NOT IN (SELECT value FROM json_each(?))",
-                (skip,),
+                " AND domain NOT IN (SELECT value FROM json_each(?))"
+                " AND entry NOT IN (SELECT value FROM json_each(?))",
+                (skip, busy),
             ).fetchall()
         return None if when is None else float(when)
 
