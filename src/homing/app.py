@@ -25,6 +25,7 @@ from homing.imapd import IMAPService
 from homing.net.listener import Listeners, ServiceSpec
 from homing.net.stream import Stream
 from homing.net.tls import TLSContexts
+from homing.notify import NotifyListener, notify_path
 from homing.pop3d import session as pop3d
 from homing.proto import sasl
 from homing.proto.pop3 import codes as pop3_codes
@@ -71,6 +72,8 @@ class App:
             for domain in config.domains:
                 if not self.store.has_domain(domain):
                     self.store.add_domain(domain)
+        self.notify = NotifyListener(notify_path(config.run_dir), self.store)
+        """Where other processes (the command line) say what they committed."""
         self.workers: WorkerPool | None = None
         """The SMTP worker processes, in the main process when `[smtp] workers` is set."""
         self._smtp_sockets: list[socket.socket] = []
@@ -270,16 +273,15 @@ class App:
             if count:
                 assert self.config.config_path is not None
                 self.workers = WorkerPool(
-                    count,
-                    worker_command(self.config.config_path),
-                    on_changes=self.store.publish_external,
-                    on_queued=self.store.spool.notify_external,
+                    count, worker_command(self.config.config_path), store=self.store
                 )
                 await self.workers.start(self._smtp_sockets)
         except BaseException:
             for sock in self._smtp_sockets:
                 sock.close()
             raise
+        self.config.run_dir.mkdir(parents=True, exist_ok=True)
+        self.notify.start()
         await self.queue.start()
         bound = self.listeners.bound()
         if self._smtp_sockets:
@@ -320,6 +322,7 @@ class App:
             await workers
         for sock in self._smtp_sockets:
             sock.close()
+        self.notify.close()
         await self.queue.stop()
         self.auth.close()
         self.imap.close()

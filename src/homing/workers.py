@@ -17,13 +17,12 @@ fails with "address in use" instead of silently sharing the port.
 The link. Each worker has a SOCK_SEQPACKET socket pair with the main process (messages keep
 their boundaries, and the end of the other side reads as EOF):
 
-- worker -> main: `{"ready": 1}` once it accepts; after each commit that delivered mail,
-  `{"c": [[kind, account_id, mailbox_id, [uid, ...]], ...]}` (the store's `Change`s), and
-  `{"q": 1}` after mail was queued for other servers. The main process hands these to its
+- worker -> main: "ready" once it accepts, then after each commit what it changed and
+  whether it queued mail, in homing.notify's messages. The main process hands these to its
   own store subscribers (IMAP sessions in IDLE, the queue runner) as if it had committed
-  them (`Store.publish_external`, `Spool.notify_external`). A worker never blocks on the
-  link: if the main process is too far behind to take a message, the next one carries
-  `"lost": 1` and the main process treats it as "anything may have changed".
+  them. A worker never blocks on the link: if the main process is too far behind to take a
+  message, the next one says "lost", which the main process treats as "anything may have
+  changed".
 - EOF on either side means the other process is gone. A worker whose main process died,
   even by kill -9, stops as on SIGTERM: it stops accepting, lets transactions in progress
   finish, says 421 to idle clients, and exits. The main process starts a worker that died
@@ -39,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -51,80 +49,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from homing.notify import MAX_MESSAGE, decode, deliver_message, encode_changes
+from homing.store import Store
 from homing.store.model import Change
 
 log = logging.getLogger("homing.workers")
 
-#: Largest link message sent; a bigger list of changes goes in several.
-MAX_MESSAGE = 60 * 1024
 #: Seconds a worker may take from start to accepting connections.
 START_TIMEOUT = 30.0
 #: Pauses before restarting a worker that died: doubles from the first up to the last while
 #: workers keep dying within `STABLE` seconds of their start.
 RESTART_DELAY = (0.5, 30.0)
 STABLE = 60.0
-
-_KINDS = frozenset({"new", "flags", "expunge", "mailbox", "unknown"})
-
-
-# --------------------------------------------------------------------------------- messages
-
-
-def encode_changes(changes: Sequence[Change]) -> list[bytes]:
-    """The link messages that carry `changes` (several if they are many)."""
-    messages: list[bytes] = []
-    items: list[str] = []
-    size = 0
-    for change in changes:
-        item = json.dumps(
-            [change.kind, change.account_id, change.mailbox_id, list(change.uids)],
-            separators=(",", ":"),
-        )
-        if len(item) > MAX_MESSAGE - 16:  # the subscribers need the mailbox, not every UID
-            item = json.dumps([change.kind, change.account_id, change.mailbox_id, []])
-        if items and size + len(item) + 16 > MAX_MESSAGE:
-            messages.append(('{"c":[' + ",".join(items) + "]}").encode())
-            items, size = [], 0
-        items.append(item)
-        size += len(item) + 1
-    if items:
-        messages.append(('{"c":[' + ",".join(items) + "]}").encode())
-    return messages
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One decoded link message."""
-
-    ready: bool = False
-    changes: tuple[Change, ...] = ()
-    queued: bool = False
-    lost: bool = False
-
-
-def decode(data: bytes) -> Message:
-    """A link message; ValueError if it is not one."""
-    doc = json.loads(data)
-    if not isinstance(doc, dict):
-        raise ValueError("not an object")
-    changes = []
-    for item in doc.get("c", ()):
-        kind, account_id, mailbox_id, uids = item
-        if (
-            kind not in _KINDS
-            or not isinstance(account_id, int)
-            or not isinstance(mailbox_id, int)
-            or not all(isinstance(uid, int) for uid in uids)
-        ):
-            raise ValueError(f"bad change {item!r}")
-        changes.append(Change(kind, account_id, mailbox_id, tuple(uids)))
-    return Message(
-        ready=bool(doc.get("ready")),
-        changes=tuple(changes),
-        queued=bool(doc.get("q")),
-        lost=bool(doc.get("lost")),
-    )
-
 
 # --------------------------------------------------------------------------------- worker side
 
@@ -232,20 +168,13 @@ class WorkerPool:
     """The main process's SMTP workers: starts them, passes on what they tell, restarts the
     ones that die, stops them all."""
 
-    def __init__(
-        self,
-        count: int,
-        command: Sequence[str],
-        *,
-        on_changes: Callable[[list[Change]], None],
-        on_queued: Callable[[], None],
-    ) -> None:
+    def __init__(self, count: int, command: Sequence[str], *, store: Store) -> None:
         """`command` starts `homing serve` with this configuration; the pool appends
-        `--worker index:link:fds`."""
+        `--worker index:link:fds`. What the workers commit is passed on to `store`'s
+        subscribers in this process."""
         self._count = count
         self._command = list(command)
-        self._on_changes = on_changes
-        self._on_queued = on_queued
+        self._store = store
         self._sockets: list[socket.socket] = []
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
@@ -319,12 +248,7 @@ class WorkerPool:
                 continue
             if message.ready and not worker.ready.done():
                 worker.ready.set_result(None)
-            if message.lost:
-                self._on_changes([Change("unknown", 0, 0, ())])
-            if message.changes:
-                self._on_changes(list(message.changes))
-            if message.queued:
-                self._on_queued()
+            deliver_message(message, self._store)
 
     def _ended(self, worker: _Worker) -> None:
         """The worker closed its end of the link: it exited, or is about to."""

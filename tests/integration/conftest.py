@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import imaplib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +35,33 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = ""
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what or predicate}")
+
+
+def idle_hears(
+    imap: imaplib.IMAP4, action: Callable[[], object], exists: int, timeout: float = 1.0
+) -> None:
+    """In IDLE, run `action` and require `* <exists> EXISTS` within `timeout` seconds, then
+    end the IDLE. (A session polls for other processes' changes only every 30 s: hearing of
+    them within a second means it was told.)"""
+    imap.send(b"I1 IDLE\r\n")
+    assert imap.readline().startswith(b"+")
+    action()
+    started = time.monotonic()
+    imap.socket().settimeout(timeout)
+    line = b""
+    while time.monotonic() - started < timeout:
+        try:
+            line = imap.readline()
+        except TimeoutError:
+            break
+        if line.endswith(b"EXISTS\r\n"):
+            break
+    assert line == b"* %d EXISTS\r\n" % exists, (line, time.monotonic() - started)
+    imap.socket().settimeout(10)
+    imap.send(b"DONE\r\n")
+    while not (tagged := imap.readline()).startswith(b"I1 "):
+        pass
+    assert tagged.startswith(b"I1 OK"), tagged
 
 
 def toml_dump(data: dict[str, Any]) -> str:
@@ -224,6 +253,38 @@ def server(make_server: Callable[..., Server]) -> Server:
     s.add_account(f"alice@{DOMAIN}")
     s.add_account(f"bob@{DOMAIN}")
     return s
+
+
+def remote_homing(
+    make_server: Callable[..., Server], make_dns_server: Callable[..., Any], address: str
+) -> tuple[Server, int, str]:
+    """Another Homing listening on `address` (a 127.0.0.x of its own) as the MX of
+    remote.test, with the account bob@remote.test, and a DNS server on loopback saying so.
+    Returns the remote server, its port, and "host:port" of the DNS server (for `[dns]
+    nameservers` of the sending server, whose `[outbound] port` must be that port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    remote = make_server(
+        {"hostname": "mx.remote.test", "listen": {"smtp": [f"{address}:{port}"]}}, name="remote"
+    )
+    remote.cli("domain", "add", "remote.test")
+    remote.add_account("bob@remote.test")
+    dns = make_dns_server(
+        {"remote.test": {"MX": [(10, "mx.remote.test")]}, "mx.remote.test": {"A": [address]}}
+    )
+    host, dns_port = dns.address
+    return remote, port, f"{host}:{dns_port}"
+
+
+def inbox_count(server: Server, address: str) -> int:
+    """Messages in `address`'s INBOX, read from the store beside the running server."""
+    with Store.open(server.data / "homing.db") as store:
+        account = store.get_account(address)
+        assert account is not None
+        inbox = store.get_mailbox(account.id, "INBOX")
+        assert inbox is not None
+        return inbox.messages
 
 
 def require_tool(name: str) -> str:

@@ -37,7 +37,7 @@ from homing.router import Envelope, Resolution, Router
 from homing.store import Store, make_credentials
 from tests import dnsserver
 from tests.dnsserver import DNSServer
-from tests.integration.conftest import DOMAIN, Server, require_tool, wait_for
+from tests.integration.conftest import DOMAIN, Server, remote_homing, require_tool, wait_for
 
 make_dns_server = dnsserver.make_dns_server
 
@@ -624,26 +624,10 @@ def test_restart_with_a_full_queue_delivers_everything_once_and_the_queue_cli(
     server.stop(signal.SIGTERM)
 
 
-def _remote_homing(
-    make_server: Callable[..., Server], make_dns_server: Callable[..., DNSServer], address: str
-) -> tuple[Server, int, str]:
-    """Another Homing on `address` as the MX of remote.test (account bob@), and a DNS server
-    saying so: (the remote server, its port, "host:port" of the DNS server)."""
-    port = free_port()
-    remote = make_server(
-        {"hostname": "mx.remote.test", "listen": {"smtp": [f"{address}:{port}"]}}, name="remote"
-    )
-    remote.cli("domain", "add", "remote.test")
-    remote.add_account("bob@remote.test")
-    dns = make_dns_server(zone([(10, "mx.remote.test")], {"mx.remote.test": address}))
-    host, dns_port = dns.address
-    return remote, port, f"{host}:{dns_port}"
-
-
 def test_end_to_end_submission_to_another_homing_found_by_mx(
     make_dns_server: Callable[..., DNSServer], make_server: Callable[..., Server]
 ) -> None:
-    remote, port, nameserver = _remote_homing(make_server, make_dns_server, "127.0.0.15")
+    remote, port, nameserver = remote_homing(make_server, make_dns_server, "127.0.0.15")
     local = make_server(
         {
             "listen": {"submission": ["127.0.0.1:0"]},
@@ -680,7 +664,7 @@ def test_many_messages_for_one_domain_go_over_several_connections_each_once(
 ) -> None:
     """40 queued messages for one domain: split over 4 connections of 10 (at most
     `destination_concurrency` at once), each message delivered once."""
-    remote, port, nameserver = _remote_homing(make_server, make_dns_server, "127.0.0.18")
+    remote, port, nameserver = remote_homing(make_server, make_dns_server, "127.0.0.18")
     local = make_server(
         {"dns": {"nameservers": [nameserver]}, "outbound": {"port": port}},
         name="local",

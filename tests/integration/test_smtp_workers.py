@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import smtplib
-import socket
 import ssl
 import threading
 import time
@@ -23,7 +22,14 @@ from collections.abc import Callable
 from homing.store import Store
 from tests import dnsserver
 from tests.dnsserver import DNSServer
-from tests.integration.conftest import DOMAIN, Server, wait_for
+from tests.integration.conftest import (
+    DOMAIN,
+    Server,
+    idle_hears,
+    inbox_count,
+    remote_homing,
+    wait_for,
+)
 
 make_dns_server = dnsserver.make_dns_server
 
@@ -119,21 +125,6 @@ def test_workers_take_port_25_and_deliver_each_message_once(
     assert not any(alive(pid) for pid in pids), "a worker outlived SIGTERM to the main process"
 
 
-def _idle_until_exists(imap: imaplib.IMAP4, tag: bytes, timeout: float) -> bytes:
-    """Read untagged lines during IDLE until an EXISTS; the line, or b"" on timeout."""
-    sock = imap.socket()
-    sock.settimeout(timeout)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            line = imap.readline()
-        except TimeoutError:
-            return b""
-        if line.endswith(b"EXISTS\r\n"):
-            return line
-    return b""
-
-
 def test_idle_in_the_main_process_hears_a_worker_delivery_at_once(
     make_server: Callable[..., Server],
 ) -> None:
@@ -150,19 +141,12 @@ def test_idle_in_the_main_process_hears_a_worker_delivery_at_once(
         imap.login(ALICE, PASSWORD)
         imap.select("INBOX")
         for n in range(3):
-            imap.send(b"I1 IDLE\r\n")
-            assert imap.readline().startswith(b"+")
-            with smtplib.SMTP(*server.smtp, timeout=10) as smtp:
-                smtp.sendmail("s@remote.example", [ALICE], message(n))
-            sent = time.monotonic()
-            # The session polls for other processes' changes every 30 s: hearing of it
-            # within 1 s is the worker's notification.
-            line = _idle_until_exists(imap, b"I1", 1.0)
-            assert line == f"* {n + 1} EXISTS\r\n".encode(), (line, time.monotonic() - sent)
-            imap.send(b"DONE\r\n")
-            while not (tagged := imap.readline()).startswith(b"I1 "):
-                pass
-            assert tagged.startswith(b"I1 OK")
+
+            def deliver(n: int = n) -> None:
+                with smtplib.SMTP(*server.smtp, timeout=10) as smtp:
+                    smtp.sendmail("s@remote.example", [ALICE], message(n))
+
+            idle_hears(imap, deliver, n + 1)
         imap.logout()
     finally:
         with contextlib.suppress(OSError):  # already closed by LOGOUT
@@ -172,25 +156,11 @@ def test_idle_in_the_main_process_hears_a_worker_delivery_at_once(
 def test_mail_queued_by_a_worker_is_sent_at_once_by_the_main_queue_runner(
     make_dns_server: Callable[..., DNSServer], make_server: Callable[..., Server]
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    remote = make_server(
-        {"hostname": "mx.remote.test", "listen": {"smtp": [f"127.0.0.17:{port}"]}}, name="remote"
-    )
-    remote.cli("domain", "add", "remote.test")
-    remote.add_account("bob@remote.test")
-    dns = make_dns_server(
-        {
-            "remote.test": {"MX": [(10, "mx.remote.test")]},
-            "mx.remote.test": {"A": ["127.0.0.17"]},
-        }
-    )
-    host, dns_port = dns.address
+    remote, port, nameserver = remote_homing(make_server, make_dns_server, "127.0.0.17")
     local = make_server(
         {
             "smtp": {"workers": 1},
-            "dns": {"nameservers": [f"{host}:{dns_port}"]},
+            "dns": {"nameservers": [nameserver]},
             "outbound": {"port": port},
         },
         name="local",
@@ -199,12 +169,7 @@ def test_mail_queued_by_a_worker_is_sent_at_once_by_the_main_queue_runner(
     with smtplib.SMTP(*local.smtp, timeout=10) as smtp:
         smtp.sendmail("s@elsewhere.example", [f"forward@{DOMAIN}"], message(1, "fwd"))
     # The queue runner looks at the spool by itself only every 60 s.
-    with Store.open(remote.data / "homing.db") as store:
-        account = store.get_account("bob@remote.test")
-        assert account is not None
-        inbox = store.get_mailbox(account.id, "INBOX")
-        assert inbox is not None
-        wait_for(lambda: store.list_messages(inbox.id), timeout=10, what="the forward to arrive")
+    wait_for(lambda: inbox_count(remote, "bob@remote.test") == 1, timeout=10, what="arrival")
     assert "worker=1" in local.log() and "status=sent" in local.log()
 
 

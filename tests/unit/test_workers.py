@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from homing.notify import MAX_MESSAGE, decode, encode_changes
 from homing.store.model import Change
-from homing.workers import MAX_MESSAGE, WorkerArgs, WorkerLink, decode, encode_changes
+from homing.workers import WorkerArgs, WorkerLink
 
 changes = st.builds(
     Change,

@@ -22,6 +22,7 @@ import click
 
 from homing.config import Config, ConfigError, config_path_from, load_config, parse_local_domain
 from homing.mail.address import parse_mailbox
+from homing.notify import notifier_for
 from homing.store import Credentials, Store, StoreError
 from homing.store import make_credentials as store_make_credentials
 
@@ -83,14 +84,21 @@ pass_state = click.make_pass_decorator(State)
 
 @contextmanager
 def open_store(config: Config) -> Iterator[Store]:
-    """The store at `config.db_path`, closed on exit; a clear error if there is none yet."""
+    """The store at `config.db_path`, closed on exit; a clear error if there is none yet.
+    A running `homing serve` is told of every commit (homing.notify)."""
     if not config.db_path.exists():
         raise UserError(f"no database at {config.db_path} (create one with `homing init`)")
     store = Store.open(config.db_path)
+    # A running server hears of what this command commits at once (homing.notify).
+    notifier = notifier_for(config.run_dir)
+    if notifier is not None:
+        notifier.attach(store)
     try:
         yield store
     finally:
-        store.close()
+        store.close()  # runs what was submitted, notifying, before the socket closes
+        if notifier is not None:
+            notifier.close()
 
 
 def is_local_domain(store: Store, config: Config, domain: str) -> bool:
