@@ -99,6 +99,9 @@ class Driver:
     conn: core.ServerConnection = field(init=False)
     events: list[object] = field(default_factory=list)
     selected: str | None = None
+    batch: bool = False
+    """Hand FETCH results over as one list (the adapter's way, the core's fast path) instead
+    of one message at a time."""
 
     def __post_init__(self) -> None:
         self.conn = core.ServerConnection(
@@ -274,12 +277,13 @@ class Driver:
             if uid in box.messages:
                 flags, data = box.messages[uid]
                 box.messages[uid] = (flags | {"\\Seen"}, data)
+        views = []
         for seq, uid in ev.messages:
             if uid not in box.messages:
                 continue
             flags, data = box.messages[uid]
             parsed = parse_message(data)
-            self.conn.fetch_message(
+            views.append(
                 MessageView(
                     seq=seq,
                     uid=uid,
@@ -295,6 +299,11 @@ class Driver:
                     body=data,
                 )
             )
+        if self.batch:
+            self.conn.fetch_messages(views)
+        else:
+            for view in views:
+                self.conn.fetch_message(view)
         self.conn.fetch_done()
 
     def search(self, ev: core.SearchMessages) -> None:
@@ -1081,3 +1090,59 @@ def test_sequence_numbers_stay_consistent(ops: list[tuple[str, int]]) -> None:
     model.apply(d.send(b"f FETCH 1:* (UID)\r\n") if model.uids else b"")
     assert model.uids == sorted(box.messages)
     assert d.conn.view_uids() == sorted(box.messages)
+
+
+# Steps of another session or of the client, for the differential test below.
+_OTHERS = {
+    "flag 2": lambda d: (
+        d.box.messages.update({2: (frozenset({"$Other"}), d.box.messages[2][1])})
+        if 2 in d.box.messages
+        else None
+    ),
+    "unflag 1": lambda d: (
+        d.box.messages.update({1: (frozenset(), d.box.messages[1][1])})
+        if 1 in d.box.messages
+        else None
+    ),
+    "expunge 3": lambda d: (
+        (d.box.messages.pop(3), d.box.expunged.append(3)) if 3 in d.box.messages else None
+    ),
+    "new": lambda d: d.box.add(message("new"), frozenset({"\\Answered"})),
+    "sync": lambda d: d.sync(),
+}
+_COMMANDS = [
+    b"FETCH 1:* (UID FLAGS)",
+    b"UID FETCH 1:* (FLAGS)",
+    b"FETCH 2:* (FLAGS RFC822.SIZE INTERNALDATE)",
+    b"FETCH 1 (FLAGS UID)",
+    b"UID FETCH 2:3 (FLAGS)",
+    b"FETCH 1:* (UID FLAGS MODSEQ)",
+    b"STORE 1 +FLAGS (\\Flagged)",
+    b"STORE 1:* -FLAGS.SILENT (\\Flagged)",
+    b"NOOP",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(sorted(_OTHERS)) | st.sampled_from(_COMMANDS),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_fetch_of_a_list_answers_exactly_as_one_message_at_a_time(steps: list[str | bytes]) -> None:
+    """The core's list-at-a-time FETCH (what the adapter uses) and its message-at-a-time loop
+    say the same bytes after any mix of changes by other sessions, syncs, STOREs and FETCHes."""
+    drivers = [Driver(batch=False), Driver(batch=True)]
+    for d in drivers:
+        d.select()
+    for n, step in enumerate(steps):
+        outputs = []
+        for d in drivers:
+            if isinstance(step, str):
+                _OTHERS[step](d)
+                outputs.append(b"")
+            else:
+                outputs.append(d.send(b"t%d " % n + step + b"\r\n"))
+        assert outputs[0] == outputs[1], (step, outputs)

@@ -21,6 +21,7 @@ from homing.imapd import session as imapd
 from homing.imapd.session import IMAPService
 from homing.mail.mime import parse_message
 from homing.net.memory import DEFAULT_TLS_INFO, MemoryStream
+from homing.proto.imap.fetch import MessageView
 from homing.store import FetchRow, MailboxInfo, MessageInfo, NewMessage, Store, make_credentials
 
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -258,6 +259,19 @@ def test_selected_metadata_basics() -> None:
     sel.remove([3, 77])
     assert [uid for uid in range(12) if uid in sel] == [1, 5, 9]
     assert 4_294_967_295 in sel
+
+
+@pytest.mark.parametrize("count", [3, 70, 200])
+def test_views_of_all_messages_are_the_views_of_each(count: int) -> None:
+    """The whole-mailbox shortcut of `views` builds the same MessageViews, every field (the
+    defaults prefix and body too), as the per-message path does for a subset."""
+    sel = selected(range(10, 10 + count))
+    everything = [(n, uid) for n, uid in enumerate(range(10, 10 + count), 1)]
+    whole = sel.views(everything)
+    assert all(type(view) is MessageView and len(view) == 12 for view in whole)
+    each = [view for pair in everything for view in sel.views([pair])]
+    assert whole == each
+    assert whole[1]._replace(seq=99).seq == 99 and whole[0].body is None
 
 
 def test_selected_metadata_many_removed() -> None:

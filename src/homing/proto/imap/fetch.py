@@ -521,11 +521,6 @@ class _Value:
     convert: Callable[[object], bytes] | None = None
 
 
-def _convert_flags(flags: object) -> bytes:
-    assert isinstance(flags, frozenset)
-    return format_flags(flags)
-
-
 def _convert_date(ts: object) -> bytes:
     assert isinstance(ts, float | int)
     return format_internaldate(ts)
@@ -534,7 +529,7 @@ def _convert_date(ts: object) -> bytes:
 # The attributes answered without message bytes (RFC 9051 §7.5.2; MODSEQ: RFC 7162 §3.1.4.1).
 _VALUES: dict[str, _Value] = {
     "UID": _Value(b"UID %d", "uid"),
-    "FLAGS": _Value(b"FLAGS %b", "flags", _convert_flags),
+    "FLAGS": _Value(b"FLAGS %b", "flags", format_flags),
     "INTERNALDATE": _Value(b"INTERNALDATE %b", "internaldate", _convert_date),
     "RFC822.SIZE": _Value(b"RFC822.SIZE %d", "size"),
     "MODSEQ": _Value(b"MODSEQ (%d)", "modseq"),
