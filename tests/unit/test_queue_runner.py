@@ -507,3 +507,27 @@ async def test_a_few_entries_share_one_connection(
     await make_runner(store, router, clock, fake).run_due()
     assert sorted(len(jobs) for _, jobs in fake.calls) == [5, 10, 10]
     assert store.spool.count() == 0
+
+
+async def test_a_domain_that_only_defers_gets_one_connection_until_it_takes_mail_again(
+    store: Store, router: Router, clock: FakeClock
+) -> None:
+    deferred = Outcome("deferred", Reply(421, "4.7.0", "Too many connections"), "mx1")
+    answer = deferred
+    fake = FakeAttempt(behaviour=lambda job, rcpt: answer)
+    runner = make_runner(store, router, clock, fake)
+    for n in range(60):
+        enqueue(store, f"r{n}@remote.test", queue_id=f"T{n:02d}")
+    await runner.run_due()
+    assert len(fake.calls) == 5  # split over destination_concurrency attempts: all deferred
+    clock.advance(POLICY.first_retry)
+    answer = Outcome("delivered", OK, "mx1")
+    fake.calls.clear()
+    await runner.run_due()
+    assert [len(jobs) for _, jobs in fake.calls] == [60]  # held to one connection
+    assert store.spool.count() == 0
+    for n in range(60):
+        enqueue(store, f"s{n}@remote.test", queue_id=f"U{n:02d}")
+    fake.calls.clear()
+    await runner.run_due()
+    assert len(fake.calls) == 5  # it delivered: the limit is lifted

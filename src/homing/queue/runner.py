@@ -8,7 +8,10 @@ due entries, groups them by destination domain, and starts tasks for them: at mo
 `concurrency` at a time in all, and at most `destination_concurrency` for one domain (as
 Postfix's default_destination_concurrency_limit). A domain with many entries due is split
 among several tasks, each taking at least `MIN_PER_TASK` of them (a handful of messages is
-not worth several connections) and at most `batch`; no entry is ever in two tasks. A task
+not worth several connections) and at most `batch`; no entry is ever in two tasks. A domain
+whose attempt only deferred (the server is down, or refuses more connections) is held to
+one task at a time until one delivers again (or `policy.max_interval` has passed): the
+negative feedback of Postfix's concurrency scheduler, in its simplest form. A task
 looks up the route (`outbound.route`), then hands its entries to `outbound.attempt.deliver`,
 which sends them over one connection where it can.
 
@@ -138,6 +141,9 @@ class QueueRunner:
         self._per_domain: collections.Counter[str] = collections.Counter()
         self._inflight: set[str] = set()
         """Ids of the entries of the running tasks."""
+        self._throttled: dict[str, float] = {}
+        """Domains held to one task at a time until then (clock time): their last attempt
+        only deferred."""
         self._cooldown: dict[str, float] = {}
         """Domains whose last run failed unexpectedly (a bug, a database error), left alone
         until then (clock time) instead of being retried in a tight loop."""
@@ -208,9 +214,17 @@ class QueueRunner:
         for domain, until in list(self._cooldown.items()):
             if until <= now:
                 del self._cooldown[domain]
-        limit = self.settings.destination_concurrency
-        full = {domain for domain, count in self._per_domain.items() if count >= limit}
+        for domain, until in list(self._throttled.items()):
+            if until <= now:
+                del self._throttled[domain]
+        full = {
+            domain for domain, count in self._per_domain.items() if count >= self._limit(domain)
+        }
         return full | set(self._cooldown)
+
+    def _limit(self, domain: str) -> int:
+        """Tasks `domain` may have at once."""
+        return 1 if domain in self._throttled else self.settings.destination_concurrency
 
     def _delay(self) -> float:
         """Seconds until something is due that could be started now."""
@@ -239,9 +253,8 @@ class QueueRunner:
         groups: dict[str, list[QueueEntry]] = {}
         for entry in due:
             groups.setdefault(entry.domain, []).append(entry)
-        limit = self.settings.destination_concurrency
         for domain, entries in groups.items():
-            slots = min(free, limit - self._per_domain[domain])
+            slots = min(free, self._limit(domain) - self._per_domain[domain])
             for batch in self._split(entries, slots):
                 task = asyncio.create_task(self._domain(domain, batch), name=f"queue {domain}")
                 self._active[task] = batch
@@ -280,8 +293,11 @@ class QueueRunner:
             groups: dict[str, list[QueueEntry]] = {}
             for entry in fresh:
                 groups.setdefault(entry.domain, []).append(entry)
-            limit = self.settings.destination_concurrency
-            batches = [b for entries in groups.values() for b in self._split(entries, limit)]
+            batches = [
+                batch
+                for domain, entries in groups.items()
+                for batch in self._split(entries, self._limit(domain))
+            ]
             for batch in batches:
                 seen.update(e.id for e in batch)
                 handled += len(batch)
@@ -419,7 +435,14 @@ class QueueRunner:
             pending.append(self._record(entry, decision))
 
         if jobs:
-            await self._deliver(plan, jobs, self.attempt_settings, on_result)
+            results = await self._deliver(plan, jobs, self.attempt_settings, on_result)
+            domain = entries[0].domain
+            if all(o.state == "deferred" for r in results for o in r.outcomes):
+                # Down, or refusing more connections: one at a time until it takes mail again
+                # (the retries, `first_retry` later, fall well within the hour).
+                self._throttled[domain] = self.clock.now() + self.settings.policy.max_interval
+            elif any(o.state == "delivered" for r in results for o in r.outcomes):
+                self._throttled.pop(domain, None)
         return pending
 
     def _job(self, entry: QueueEntry) -> tuple[Job | None, list[int], dict[int, Outcome]]:
