@@ -274,6 +274,21 @@ def test_views_of_all_messages_are_the_views_of_each(count: int) -> None:
     assert whole[1]._replace(seq=99).seq == 99 and whole[0].body is None
 
 
+def test_meta_views_pair_rows_with_numbers_whether_or_not_all_were_found() -> None:
+    chunk = [(n, 10 * n) for n in range(1, 6)]
+    flags = frozenset({"\\Seen"})
+    rows = [(uid, uid + 1, flags, 1.5, uid * 3, b"e%d" % uid, b"b", b"n", b"p") for _, uid in chunk]
+    expected = [
+        MessageView(seq, uid, flags, 1.5, uid * 3, uid + 1, b"e%d" % uid, b"b", b"n", b"p")
+        for seq, uid in chunk
+    ]
+    every = imapd.meta_views(chunk, rows)  # all found: the transposing path
+    assert every == expected and all(len(v) == 12 and v.body is None for v in every)
+    some = imapd.meta_views(chunk, rows[:1] + rows[2:4])  # 20 and 50 expunged meanwhile
+    assert some == [expected[0], expected[2], expected[3]]
+    assert imapd.meta_views(chunk, []) == []
+
+
 def test_selected_metadata_many_removed() -> None:
     sel = selected(range(1, 1001))
     sel.remove(range(2, 1001, 2))

@@ -116,3 +116,23 @@ def test_link_sends_ready_changes_and_queued_and_says_when_it_lost_some() -> Non
 def test_encoded_changes_are_compact_json() -> None:
     [message] = encode_changes([Change("expunge", 3, 4, (1, 2))])
     assert json.loads(message) == {"c": [["expunge", 3, 4, [1, 2]]]}
+
+
+def test_serve_tunes_the_garbage_collector_unless_told_not_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gc
+
+    from homing import app
+
+    before = gc.get_threshold()
+    try:
+        monkeypatch.setenv("HOMING_GC", "default")
+        app.tune_gc()
+        assert gc.get_threshold() == before
+        monkeypatch.delenv("HOMING_GC")
+        app.tune_gc()
+        assert gc.get_threshold() == app.GC_THRESHOLDS and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -64,6 +64,7 @@ from homing.store import (
     InvalidName,
     MailboxInfo,
     MessageInfo,
+    MetaRow,
     NewMessage,
     NotFound,
     Store,
@@ -201,6 +202,44 @@ _U32 = "I" if array("I").itemsize >= 4 else "L"
 
 def _nothing() -> None:
     pass
+
+
+def meta_views(chunk: Sequence[tuple[int, int]], rows: Sequence[MetaRow]) -> list[MessageView]:
+    """The views of the (seq, uid) pairs of `chunk` (in UID order, no UID twice) whose rows
+    `Store.read_fetch_meta` found (`rows`, in UID order)."""
+    if len(rows) == len(chunk):
+        # Every UID was found, so the rows pair up with the chunk one to one: transpose and
+        # zip in C, no Python-level work per message (see `_Selected.views`).
+        uids, modseqs, flags, dates, sizes, envs, structures, nxs, partmaps = zip(
+            *rows, strict=True
+        )
+        none = itertools.repeat(None)
+        columns = zip(
+            [seq for seq, _ in chunk],
+            uids,
+            flags,
+            dates,
+            sizes,
+            modseqs,
+            envs,
+            structures,
+            nxs,
+            partmaps,
+            none,
+            none,
+            strict=False,  # the repeats are endless
+        )
+        return list(map(tuple.__new__, itertools.repeat(MessageView), columns))
+    views = []
+    j, end = 0, len(chunk)
+    for uid, modseq, flag_set, date, size, envelope, structure, body_nx, partmap in rows:
+        while j < end and chunk[j][1] < uid:  # both in UID order: walk them together
+            j += 1
+        if j < end and chunk[j][1] == uid:
+            seq = chunk[j][0]
+            view = (seq, uid, flag_set, date, size, modseq)
+            views.append(MessageView(*view, envelope, structure, body_nx, partmap))
+    return views
 
 
 class _Selected:
@@ -1018,16 +1057,7 @@ class IMAPSession:
 
     def _fetch_meta_chunk(self, mailbox_id: int, chunk: Sequence[tuple[int, int]]) -> None:
         rows = self.store.read_fetch_meta(mailbox_id, [uid for _, uid in chunk])
-        views = []
-        j, end = 0, len(chunk)
-        for uid, modseq, flags, date, size, envelope, structure, body_nx, partmap in rows:
-            while j < end and chunk[j][1] < uid:  # both in UID order: walk them together
-                j += 1
-            if j < end and chunk[j][1] == uid:
-                seq = chunk[j][0]
-                view = (seq, uid, flags, date, size, modseq)
-                views.append(MessageView(*view, envelope, structure, body_nx, partmap))
-        self.conn.fetch_messages(views)
+        self.conn.fetch_messages(meta_views(chunk, rows))
 
     def _fetch_chunk(
         self,
