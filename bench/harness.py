@@ -685,11 +685,10 @@ def dovecot_imap_port(dovecot: peers.Dovecot) -> int:
 def imap_transport() -> str:
     """The scenario note on how the IMAP clients connect (see bench/homing_server.py)."""
     if homing_server.IMAP_PLAINTEXT:
-        return "IMAP over plain TCP on 127.0.0.1 for both (no TLS)."
+        return "IMAP over plain TCP on 127.0.0.1 for both (no TLS; `--imap-tls` for TLS)."
     return (
-        "IMAP over implicit TLS on 127.0.0.1 for both (TLS 1.3, AES-256-GCM): Homing refuses "
-        "LOGIN in clear text (RFC 9051 §6.2.3), and this build has no setting to allow it "
-        "on loopback."
+        "IMAP over implicit TLS on 127.0.0.1 for both (TLS 1.3, AES-256-GCM; `--imap-tls`, or "
+        "a Homing without `[imap] allow_plaintext_loopback`)."
     )
 
 
@@ -767,12 +766,13 @@ def raise_open_files(needed: int) -> None:
     "Memory of idle IMAP sessions",
     "Dovecot",
     needs=("dovecot-imapd",),
-    notes=imap_transport,
+    notes=lambda: "Both cases for both servers on 127.0.0.1: plain TCP, and implicit TLS.",
 )
 def idle_memory(ctx: Context) -> Iterator[list[Case]]:
     """1,000 IMAP sessions (`--quick`: 100), one per account, each logged in with INBOX (20
     messages of 2 KiB) selected and in IDLE (RFC 2177), opened 25 at a time by a small asyncio
-    client, then held while the servers' memory is read from /proc: for Homing the `homing
+    client, in clear text and again over implicit TLS (TLS 1.3, as mail clients connect),
+    then held while the servers' memory is read from /proc: for Homing the `homing
     serve` process, for Dovecot all its processes (master, log, config, anvil, auth,
     imap-login, and one imap process per session, Dovecot's design). Each round starts
     both servers afresh; the figure per session is the growth over the freshly started
@@ -792,10 +792,11 @@ def idle_memory(ctx: Context) -> Iterator[list[Case]]:
     settings = homing_server.merge(
         homing_server.imap_settings(),
         {
+            "listen": {"imaps": homing_server.LOOPBACK},  # the TLS case; beside clear text
             "limits": {
                 "connections_per_ip": str(sessions + 100),
                 "connections": str(2 * sessions + 100),
-            }
+            },
         },
     )
     config = homing_server.create(base, settings)
@@ -816,16 +817,15 @@ def idle_memory(ctx: Context) -> Iterator[list[Case]]:
     dovecot = peers.Dovecot.configure(
         ctx.base / "dovecot-idle",
         ["imap"],
-        tls=not homing_server.IMAP_PLAINTEXT,
+        tls=True,
         login=login,
         extra=extra,
     )
     dovecot.add_users(users)
     for user in users:
         dovecot.fill_inbox(mail, user)
-    tls = not homing_server.IMAP_PLAINTEXT
 
-    def measure(port: int, memory: Callable[[], peers.Memory]) -> Figures:
+    def measure(port: int, memory: Callable[[], peers.Memory], tls: bool) -> Figures:
         before = memory()
         run = imap_clients.IdleRun(port, tls, users, peers.PASSWORD, seconds=options.max_seconds)
 
@@ -840,34 +840,37 @@ def idle_memory(ctx: Context) -> Iterator[list[Case]]:
             "total": after.rss / 1024,
         }
 
-    def on_homing() -> Figures:
+    def on_homing(tls: bool) -> Figures:
         server = Homing.start(config)
         try:
-            return measure(server.ports[homing_server.imap_listener()], server.memory)
+            return measure(server.ports["imaps" if tls else "imap"], server.memory, tls)
         finally:
             server.stop()
 
-    def on_dovecot() -> Figures:
+    def on_dovecot(tls: bool) -> Figures:
         dovecot.run()
         try:
-            return measure(dovecot_imap_port(dovecot), dovecot.memory)
+            return measure(dovecot.ports["imaps" if tls else "imap"], dovecot.memory, tls)
         finally:
             dovecot.stop()
 
+    # Clear text (when this Homing allows it on loopback) and TLS, as mail clients connect.
+    transports = [False, True] if homing_server.IMAP_PLAINTEXT else [True]
     yield [
         Case(
-            f"{sessions:,} sessions in IDLE",
+            f"{sessions:,} sessions in IDLE" + (" over TLS" if tls else ""),
             (
                 Metric("rss", "KiB RSS per session", False),
                 Metric("pss", "KiB PSS per session", False),
                 Metric("total", "MiB RSS in all", False),
             ),
-            on_homing,
-            on_dovecot,
+            partial(on_homing, tls),
+            partial(on_dovecot, tls),
             limits={"rss": 50.0},
-            warmup=True,  # Dovecot writes its index files at the first login
+            warmup=n == 0,  # Dovecot writes its index files at the first login
             rounds=options.idle_rounds,
         )
+        for n, tls in enumerate(transports)
     ]
 
 
@@ -1454,6 +1457,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scale-smtp-messages", type=int, default=0, help="per round and level (1000; 150)"
     )
+    parser.add_argument(
+        "--imap-tls",
+        action="store_true",
+        help="IMAP over implicit TLS in the imap and memory scenarios (default: plain TCP)",
+    )
     parser.add_argument("--qresync-messages", type=int, default=0, help="INBOX size (10000; 1000)")
     parser.add_argument("--max-seconds", type=float, default=300, help="limit for one run")
     parser.add_argument(
@@ -1479,6 +1487,8 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = options_from(args)
+    if args.imap_tls:
+        homing_server.IMAP_PLAINTEXT = False  # the imap and memory scenarios over TLS
     keys = [key.strip() for key in args.only.split(",") if key.strip()] or list(SCENARIOS)
     unknown = [key for key in keys if key not in SCENARIOS]
     if unknown:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import json
 import logging
@@ -400,6 +401,29 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+#: glibc's mallopt parameter, and the size from which every allocation gets a mapping of its
+#: own (glibc's default threshold starts there too, then moves up as big blocks are freed).
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 128 * 1024
+
+
+def tune_malloc() -> bool:
+    """glibc only: keep big allocations in mappings of their own, returned to the system
+    when freed. Each TLS connection's event loop buffer is 256 KiB, of which an idle IMAP
+    session touches a few pages; once glibc raises its threshold (after the first such
+    buffer is freed), they come from the heap instead, and the pages earlier connections
+    touched stay resident. 1,000 idle IMAP sessions over TLS: 51.8 -> 46.4 KiB each.
+    HOMING_MALLOC=default leaves glibc alone. Whether the setting took."""
+    if os.environ.get("HOMING_MALLOC") == "default":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
 def serve(config: Config, *, worker: WorkerArgs | None = None) -> int:
     """Run every configured listener in the foreground until SIGTERM/SIGINT; with `worker`,
     run as an SMTP worker process of a main `homing serve` (homing.workers)."""
@@ -416,6 +440,7 @@ def serve(config: Config, *, worker: WorkerArgs | None = None) -> int:
     async def main() -> None:
         app = App(config, worker=WorkerLink(worker) if worker is not None else None)
         tune_gc()
+        tune_malloc()
         await run_until_signalled(app)
 
     try:

@@ -123,7 +123,7 @@ def test_every_scenario_is_registered_with_a_description(harness: ModuleType) ->
         assert scenario.description
         assert scenario.peer in ("Postfix", "Dovecot", "Postfix and Dovecot")
     # the IMAP scenarios say how their clients connect (clear text or TLS)
-    assert "IMAP over" in harness.SCENARIOS["memory"].description
+    assert "plain TCP, and implicit TLS" in harness.SCENARIOS["memory"].description
     assert "IMAP over plain TCP" in harness.SCENARIOS["qresync"].description
 
 

@@ -136,3 +136,16 @@ def test_serve_tunes_the_garbage_collector_unless_told_not_to(
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_serve_keeps_big_allocations_in_their_own_mappings_on_glibc(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import platform
+
+    from homing import app
+
+    monkeypatch.setenv("HOMING_MALLOC", "default")
+    assert app.tune_malloc() is False
+    monkeypatch.delenv("HOMING_MALLOC")
+    assert app.tune_malloc() is (platform.libc_ver()[0] == "glibc")
