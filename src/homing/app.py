@@ -275,7 +275,10 @@ class App:
             if count:
                 assert self.config.config_path is not None
                 self.workers = WorkerPool(
-                    count, worker_command(self.config.config_path), store=self.store
+                    count,
+                    worker_command(self.config.config_path),
+                    store=self.store,
+                    on_restart=self._write_run_file,
                 )
                 await self.workers.start(self._smtp_sockets)
         except BaseException:
@@ -285,13 +288,7 @@ class App:
         self.config.run_dir.mkdir(parents=True, exist_ok=True)
         self.notify.start()
         await self.queue.start()
-        bound = self.listeners.bound()
-        if self._smtp_sockets:
-            bound["smtp"] = [
-                (str(name[0]), int(name[1]))
-                for name in (sock.getsockname() for sock in self._smtp_sockets)
-            ]
-        self._write_run_file(bound)
+        self._write_run_file()
 
     async def _start_worker(self, link: WorkerLink) -> None:
         await self.listeners.start([self._smtp_spec(link.sockets)])
@@ -299,9 +296,15 @@ class App:
         self.store.spool.subscribe(link.queued)
         link.ready()
 
-    def _write_run_file(self, bound: dict[str, list[tuple[str, int]]]) -> None:
+    def _write_run_file(self) -> None:
         """run/listeners.json: the real addresses (port 0 resolved), for scripts and tests,
-        and the PIDs of the SMTP workers."""
+        and the PIDs of the SMTP workers (written again when one is restarted)."""
+        bound = self.listeners.bound()
+        if self._smtp_sockets:
+            bound["smtp"] = [
+                (str(name[0]), int(name[1]))
+                for name in (sock.getsockname() for sock in self._smtp_sockets)
+            ]
         run = self.config.run_dir
         run.mkdir(parents=True, exist_ok=True)
         tmp = run / "listeners.json.tmp"

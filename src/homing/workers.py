@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from homing.notify import MAX_MESSAGE, decode, deliver_message, encode_changes
+from homing.notify import MAX_MESSAGE, QUEUED, decode, deliver_message, encode_changes
 from homing.store import Store
 from homing.store.model import Change
 
@@ -103,7 +103,7 @@ class WorkerLink:
 
     def queued(self) -> None:
         """A `Spool.subscribe` callback: mail was queued for other servers."""
-        self._send([b'{"q":1}'])
+        self._send([QUEUED])
 
     def _send(self, messages: list[bytes]) -> None:
         with self._lock:  # one sender at a time, so "lost" goes out before what follows it
@@ -168,13 +168,22 @@ class WorkerPool:
     """The main process's SMTP workers: starts them, passes on what they tell, restarts the
     ones that die, stops them all."""
 
-    def __init__(self, count: int, command: Sequence[str], *, store: Store) -> None:
+    def __init__(
+        self,
+        count: int,
+        command: Sequence[str],
+        *,
+        store: Store,
+        on_restart: Callable[[], None] | None = None,
+    ) -> None:
         """`command` starts `homing serve` with this configuration; the pool appends
         `--worker index:link:fds`. What the workers commit is passed on to `store`'s
-        subscribers in this process."""
+        subscribers in this process. `on_restart` is called once a worker started again
+        (after one died) accepts connections."""
         self._count = count
         self._command = list(command)
         self._store = store
+        self._on_restart = on_restart
         self._sockets: list[socket.socket] = []
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
@@ -286,7 +295,14 @@ class WorkerPool:
         delay = min(last, first * 2 ** max(self._failures - 1, 0))
         await asyncio.sleep(delay)
         if not self._stopping:
-            self._spawn(worker.index)
+            await self._restart(worker.index)
+
+    async def _restart(self, index: int) -> None:
+        fresh = self._spawn(index)
+        with contextlib.suppress(WorkerStartError):  # it died again: reaped like the first
+            await self._wait_ready(fresh)
+            if self._on_restart is not None and not self._stopping:
+                self._on_restart()
 
     def signal(self, sig: int) -> None:
         """Pass `sig` on to every worker (SIGHUP: reload the certificate)."""

@@ -235,4 +235,6 @@ def test_a_worker_that_dies_is_started_again(make_server: Callable[..., Server])
         smtp.sendmail("s@remote.example", [ALICE], message(1))
     assert inbox_ids(server) == {"<w-0@remote.example>": 1, "<w-1@remote.example>": 1}
     assert f"SMTP worker 1 pid={pid} exited" in server.log()
+    [new] = worker_pids(server)  # run/listeners.json names the new worker
+    assert new != pid and alive(new)
     assert server.stop() == 0
