@@ -53,6 +53,19 @@ needs_postfix = pytest.mark.skipif(
 FIGURE = r"([\d,.]+) \(([\d,.]+)–([\d,.]+)\)"  # median (min–max)
 
 
+def run_bench(command: list[str]) -> None:
+    """Run bench/run with this interpreter; fail with its output's tail if it fails."""
+    done = subprocess.run(
+        command,
+        env={**os.environ, "HOMING_BENCH_PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 def has_matplotlib() -> bool:
     try:
         import matplotlib  # noqa: F401
@@ -303,15 +316,7 @@ def test_quick_smtp_run_writes_table_and_stops_its_servers(tmp_path: Path, work:
     chart = has_matplotlib()  # the harness would pip-install it; a test must not
     if not chart:
         command.append("--no-chart")
-    done = subprocess.run(
-        command,
-        env={**os.environ, "HOMING_BENCH_PYTHON": sys.executable},
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_bench(command)
 
     text = out.read_text()
     assert "| Scenario | Case | Metric | Better | Homing | Peer | Homing/peer | Target |" in text
@@ -346,15 +351,7 @@ def test_quick_qresync_scenario_against_dovecot(tmp_path: Path, work: Path) -> N
     command = [str(ROOT / "bench" / "run"), "--quick", "--only", "qresync", "--no-install",
                "--no-chart", "--rounds", "1", "--qresync-messages", "200", "--out", str(out),
                "--tmpdir", str(work)]  # fmt: skip
-    done = subprocess.run(
-        command,
-        env={**os.environ, "HOMING_BENCH_PYTHON": sys.executable},
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_bench(command)
     rows = [line for line in out.read_text().splitlines() if line.startswith("| IMAP resync")]
     assert len(rows) == 10, rows  # the login and 4 ways to resync, bytes and ms each
     for row in rows:
